@@ -1,0 +1,13 @@
+"""lowlevel: MobileNet v1 on CIFAR-10 from raw TensorFlow 2 ops.
+
+One module per concept (see README.md):
+
+    cifar10   read and download the CIFAR-10 python batches, safely (no TensorFlow)
+    pipeline  uint8 images -> normalized, augmented batches, as TF ops
+    layers    Conv2D, DepthwiseConv2D, BatchNorm, Dense as tf.Modules
+    mobilenet MobileNetV1, the architecture as a table
+    summary   per-layer parameters and multiply-adds, counted from shapes
+
+This file imports nothing, so `python -m lowlevel.data` starts without TensorFlow.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,304 @@
+"""Reading CIFAR-10's `cifar-10-batches-py` safely, and downloading it.
+
+The official "python version" of CIFAR-10 is six pickles and a meta file:
+
+    cifar-10-batches-py/
+        data_batch_1 .. data_batch_5   10,000 training images each
+        test_batch                     10,000 test images
+        batches.meta                   label_names: the 10 class names
+
+Each batch is a dict with `data`, a uint8 array [10000, 3072] whose rows hold
+1024 red, then 1024 green, then 1024 blue values (each plane row-major 32x32),
+and `labels`, 10,000 ints in 0..9.  So one row reshaped to [3, 32, 32] is
+channel-first; `load` transposes it to [32, 32, 3] (channel-last, NHWC), the
+layout TensorFlow's CPU convolutions want.
+
+A pickle is a program: `pickle.load` on a file you did not write can run any
+code.  `_SafeUnpickler` only lets a pickle build numpy arrays, by allowing the
+handful of globals an array needs and refusing every other one before it is
+called.  This module does not import TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)
+ROW_LENGTH = 32 * 32 * 3
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE = "cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+class DataError(ValueError):
+    """A problem with the user's data files, told in one sentence."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CIFAR10:
+    """The whole data set in memory (about 180 MB)."""
+
+    train_images: np.ndarray  # uint8 [50000, 32, 32, 3]
+    train_labels: np.ndarray  # int64 [50000], values 0..9
+    test_images: np.ndarray  # uint8 [10000, 32, 32, 3]
+    test_labels: np.ndarray  # int64 [10000]
+    label_names: tuple[str, ...]  # 10 class names, index = label
+
+
+# ---------------------------------------------------------------- unpickling
+
+def _numpy_core():
+    """numpy 2 moved `numpy.core` to `numpy._core`; return whichever exists."""
+    return getattr(np, "_core", None) or np.core
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    core = _numpy_core()
+    reconstruct = core.multiarray._reconstruct
+    frombuffer = core.numeric._frombuffer
+    import _codecs
+
+    return {
+        # the official files (Python 2, protocol 2) and numpy 1 pickles
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        # numpy 2 pickles, protocols 2-4
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        # numpy pickles at protocol 5 (out-of-band capable buffers)
+        ("numpy.core.numeric", "_frombuffer"): frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): frombuffer,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        # Python 3 writes bytes as _codecs.encode(str, "latin1") at protocol 2
+        ("_codecs", "encode"): _codecs.encode,
+    }
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """An unpickler that can build numpy arrays, dicts, lists and strings, nothing else."""
+
+    allowed = _allowed_globals()
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise DataError(
+                f"{self.path}: refused to unpickle the global {module}.{name} "
+                f"(only numpy arrays are allowed); this is not a CIFAR-10 file, "
+                f"replace it with the official one."
+            ) from None
+
+    def persistent_load(self, pid):
+        raise DataError(f"{self.path}: uses pickle persistent ids, which a CIFAR-10 file never does; "
+                        f"replace it with the official one.")
+
+
+def _text(value) -> str:
+    return value.decode("latin1") if isinstance(value, bytes) else str(value)
+
+
+def read_pickle(path: Path) -> dict[str, object]:
+    """Unpickle `path` with `_SafeUnpickler`; return the dict with str keys."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}); check the file's permissions.") from None
+    if not raw:
+        raise DataError(f"{path}: the file is empty; download CIFAR-10 again.")
+    try:
+        obj = _SafeUnpickler(io.BytesIO(raw), path).load()
+    except DataError:
+        raise
+    except Exception as e:  # truncated, not a pickle, or a malformed one
+        raise DataError(
+            f"{path}: is truncated or not a pickle ({type(e).__name__}); download CIFAR-10 again."
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: holds a {type(obj).__name__}, not the dict a CIFAR-10 batch is; "
+                        f"download CIFAR-10 again.")
+    return {_text(k): v for k, v in obj.items()}
+
+
+# ---------------------------------------------------------------- validation
+
+def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one batch file: images uint8 [N, 32, 32, 3], labels int64 [N]."""
+    d = read_pickle(path)
+    missing = [k for k in ("data", "labels") if k not in d]
+    if missing:
+        raise DataError(f"{path}: has no {' or '.join(repr(k) for k in missing)} entry; "
+                        f"download CIFAR-10 again.")
+    data = d["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: 'data' must be a uint8 array but is {kind}; download CIFAR-10 again.")
+    if data.ndim != 2 or data.shape[1] != ROW_LENGTH:
+        raise DataError(f"{path}: 'data' must have rows of {ROW_LENGTH} values but has shape "
+                        f"{list(data.shape)}; download CIFAR-10 again.")
+    try:
+        labels = np.asarray(d["labels"])
+    except Exception:
+        labels = np.asarray([])
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise DataError(f"{path}: 'labels' must be a list of integers; download CIFAR-10 again.")
+    labels = labels.astype(np.int64)
+    if len(labels) != len(data):
+        raise DataError(f"{path}: has {len(data)} images but {len(labels)} labels; "
+                        f"download CIFAR-10 again.")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: has labels outside 0..{NUM_CLASSES - 1} "
+                        f"(from {labels.min()} to {labels.max()}); download CIFAR-10 again.")
+    # [N, 3072] -> [N, 3, 32, 32] (planes R, G, B) -> [N, 32, 32, 3]
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _label_names(path: Path) -> tuple[str, ...]:
+    d = read_pickle(path)
+    names = d.get("label_names")
+    if not isinstance(names, (list, tuple)) or len(names) != NUM_CLASSES:
+        raise DataError(f"{path}: must list {NUM_CLASSES} 'label_names'; download CIFAR-10 again.")
+    return tuple(_text(n) for n in names)
+
+
+def find(path: str | os.PathLike) -> Path:
+    """The `cifar-10-batches-py` folder: `path` itself, or `path/cifar-10-batches-py`."""
+    path = Path(path)
+    if (path / FOLDER).is_dir():
+        return path / FOLDER
+    if not path.exists():
+        raise DataError(f"{path}: no such folder; give the folder that holds {FOLDER} "
+                        f"(or fetch it with `python -m lowlevel.data download`).")
+    if not path.is_dir():
+        raise DataError(f"{path}: is a file, not a folder; give the folder that holds {FOLDER}.")
+    return path
+
+
+def load(path: str | os.PathLike) -> CIFAR10:
+    """Load the whole data set from `cifar-10-batches-py` or the folder above it.
+
+    Raises `DataError` with one sentence naming the file and the fix for a
+    missing, empty, truncated, malicious or malformed file.
+    """
+    folder = find(path)
+    names = (*TRAIN_FILES, TEST_FILE, META_FILE)
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"{folder}: missing {', '.join(missing)}; it must hold the CIFAR-10 python "
+                        f"batches (fetch them with `python -m lowlevel.data download`).")
+    train = [_batch(folder / n) for n in TRAIN_FILES]
+    test_images, test_labels = _batch(folder / TEST_FILE)
+    return CIFAR10(
+        train_images=np.concatenate([x for x, _ in train]),
+        train_labels=np.concatenate([y for _, y in train]),
+        test_images=test_images,
+        test_labels=test_labels,
+        label_names=_label_names(folder / META_FILE),
+    )
+
+
+# ---------------------------------------------------------------- download
+
+def _check_member(member: tarfile.TarInfo, archive: str) -> None:
+    """Refuse anything but plain files and folders inside `cifar-10-batches-py/`."""
+    name = PurePosixPath(member.name)
+    if name.is_absolute() or ".." in name.parts:
+        raise DataError(f"{archive}: refused the unsafe path {member.name!r} in the archive; "
+                        f"it is not the official CIFAR-10 archive.")
+    if not (member.isfile() or member.isdir()):
+        raise DataError(f"{archive}: refused {member.name!r}, a link or device, in the archive; "
+                        f"it is not the official CIFAR-10 archive.")
+    if name.parts[0] != FOLDER:
+        raise DataError(f"{archive}: refused {member.name!r}, outside {FOLDER}/, in the archive; "
+                        f"it is not the official CIFAR-10 archive.")
+
+
+def _fetch(url: str, dest: Path, progress: bool) -> str:
+    """Stream `url` into `dest`; return the MD5 of what was written."""
+    md5 = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done, shown = 0, -1
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                md5.update(chunk)
+                done += len(chunk)
+                if progress and total:
+                    pct = 100 * done // total
+                    if pct != shown and (sys.stderr.isatty() or pct % 10 == 0):
+                        end = "\r" if sys.stderr.isatty() and pct < 100 else "\n"
+                        print(f"downloading {ARCHIVE}: {pct:3d}% ({done / 1e6:.1f}/{total / 1e6:.1f} MB)",
+                              end=end, file=sys.stderr, flush=True)
+                        shown = pct
+            if total and done != total:
+                raise DataError(f"{url}: the download stopped after {done} of {total} bytes; try again.")
+    except OSError as e:  # URLError, HTTPError, timeouts, disk full
+        reason = getattr(e, "reason", None) or e.strerror or e
+        raise DataError(f"{url}: the download failed ({reason}); check the address and your "
+                        f"connection, or download {ARCHIVE} yourself and unpack it into the data folder.") from None
+    return md5.hexdigest()
+
+
+def download(directory: str | os.PathLike = "data", url: str = URL, md5: str = MD5,
+             progress: bool = True) -> Path:
+    """Download, verify and unpack CIFAR-10 into `directory/cifar-10-batches-py`.
+
+    The archive goes to a temporary file, its MD5 is checked, its members are
+    checked (plain files under `cifar-10-batches-py/` only), it is unpacked into
+    a temporary folder, and only then is that folder renamed into place, so an
+    interrupted download never leaves something that looks complete.  Returns
+    the folder; one that already exists is left alone.
+    """
+    directory = Path(directory)
+    target = directory / FOLDER
+    if target.is_dir():
+        return target
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".cifar10-download-", dir=directory))
+    except OSError as e:
+        raise DataError(f"{directory}: cannot create a folder there ({e.strerror}); "
+                        f"choose another with --dir.") from None
+    try:
+        archive = work / ARCHIVE
+        got = _fetch(url, archive, progress)
+        if got != md5:
+            raise DataError(f"{url}: the download's MD5 is {got}, not {md5}; it is corrupt or not "
+                            f"the official archive, so it was deleted; try again.")
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            for m in members:
+                _check_member(m, url)
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(work / "out", members=members, **kwargs)
+        unpacked = work / "out" / FOLDER
+        if not unpacked.is_dir():
+            raise DataError(f"{url}: the archive holds no {FOLDER}/ folder; it is not the official archive.")
+        os.replace(unpacked, target)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{url}: the archive could not be unpacked ({e}); try again.") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target

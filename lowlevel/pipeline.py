@@ -1,0 +1,137 @@
+"""From uint8 images to normalized, augmented float batches, as TF ops on whole batches.
+
+The images stay in one uint8 tensor [N, 32, 32, 3] for the whole run (150 MB
+for CIFAR-10's training set); a batch is a `tf.gather` of its indices, done
+inside the compiled training step, so no image passes through Python.
+
+Every random choice is a pure function of (seed, epoch) or (seed, step):
+
+    order of epoch e         = argsort(uniform(N; key = fold_in(seed, SHUFFLE, e)))
+    crop and flip of step s  = uniform(...; key = fold_in(seed, AUGMENT, s))
+
+so batch k of a run is the same whether or not the run was stopped and resumed,
+and there is no hidden generator state for a checkpoint to miss.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+PAD = 4  # pixels of zero padding before the random 32x32 crop
+_SHUFFLE, _AUGMENT = 1, 2  # stream ids, so the two never share a random key
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """Per-channel statistics of the training images, in [0, 1] units."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> "Normalization":
+        """mean_c = mean over N, H, W of x/255; std_c likewise (population std)."""
+        x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        return cls(tuple(float(v) for v in x.mean(0)), tuple(float(v) for v in x.std(0)))
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        """uint8 [B, H, W, C] -> float32 (x / 255 - mean) / std, [B, H, W, C]."""
+        x = tf.cast(images, tf.float32) / 255.0
+        return (x - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
+
+
+def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed: int = 0):
+    """Hold `val_size` random training images out as a validation set.
+
+    The split depends only on `seed` (default 0, not the run's seed), so runs
+    with different seeds are validated on the same images.  Returns
+    (train_images, train_labels, val_images, val_labels).
+    """
+    n = len(images)
+    if not 0 <= val_size < n:
+        raise ValueError(f"--val-size must be between 0 and {n - 1} (the training images), not {val_size}.")
+    order = np.random.default_rng(seed).permutation(n)
+    val, train = np.sort(order[:val_size]), np.sort(order[val_size:])
+    return images[train], labels[train], images[val], labels[val]
+
+
+def _key(seed, stream: int, counter) -> tf.Tensor:
+    """A stateless random key [2] for (seed, stream, counter)."""
+    base = tf.stack([tf.cast(seed, tf.int64), tf.constant(stream, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(counter, tf.int64))
+
+
+def epoch_order(n: int, seed, epoch) -> tf.Tensor:
+    """The shuffled order of the n training images in epoch `epoch`: int32 [n]."""
+    noise = tf.random.stateless_uniform([n], seed=_key(seed, _SHUFFLE, epoch))
+    return tf.argsort(noise)  # int32
+
+
+def augment(images: tf.Tensor, seed, step) -> tf.Tensor:
+    """Random crop after 4-pixel zero padding, and random horizontal flip.
+
+    images: uint8 [B, H, W, C] -> uint8 [B, H, W, C].  Each image gets its own
+    offsets dy, dx in 0..8 and flip bit.  The crop is two batched gathers of
+    row and column indices into the padded batch; a flip is the same crop with
+    its columns read right to left, so it costs nothing extra.
+    """
+    b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    noise = tf.random.stateless_uniform([b, 3], seed=_key(seed, _AUGMENT, step), maxval=2 * PAD + 1,
+                                        dtype=tf.int32)
+    dy, dx, flip = noise[:, 0:1], noise[:, 1:2], noise[:, 2:3] % 2 == 1  # [B, 1] each
+    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])  # [B, H+8, W+8, C]
+    rows = dy + tf.range(h)[None, :]  # [B, H]
+    cols = dx + tf.where(flip, tf.range(w - 1, -1, -1)[None, :], tf.range(w)[None, :])  # [B, W]
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, H, W+8, C]
+    return tf.gather(out, cols, axis=2, batch_dims=1)  # [B, H, W, C]
+
+
+class Batches:
+    """Training and evaluation batches from one uint8 tensor held on the device.
+
+    Training: `steps_per_epoch = N // batch_size` batches of exactly
+    `batch_size` images per epoch, in the order `epoch_order(N, seed, epoch)`
+    (the remainder, different images each epoch, waits for the next epoch).
+    Evaluation: every image exactly once, in order, the last batch partial.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, norm: Normalization,
+                 batch_size: int, seed: int = 0, augment: bool = True):
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [N, H, W, C], not {images.dtype} {list(images.shape)}.")
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, not {batch_size}.")
+        self.images = tf.constant(images)  # uint8 [N, H, W, C]
+        self.labels = tf.constant(labels, tf.int32)  # [N]
+        self.n = len(images)
+        self.norm, self.batch_size, self.seed, self.augment = norm, batch_size, seed, augment
+        self.steps_per_epoch = self.n // batch_size
+
+    def order(self, epoch) -> tf.Tensor:
+        """int32 [N]: which image each position of epoch `epoch` reads."""
+        return epoch_order(self.n, self.seed, epoch)
+
+    def train_batch(self, order: tf.Tensor, step) -> tuple[tf.Tensor, tf.Tensor]:
+        """Batch `step % steps_per_epoch` of the epoch whose order is `order`.
+
+        Returns (float32 [B, H, W, C] normalized images, int32 [B] labels); the
+        augmentation is keyed by the global `step`.
+        """
+        k = tf.cast(step, tf.int32) % self.steps_per_epoch
+        idx = order[k * self.batch_size:(k + 1) * self.batch_size]  # [B]
+        x = tf.gather(self.images, idx)  # uint8 [B, H, W, C]
+        if self.augment:
+            x = augment(x, self.seed, step)
+        return self.norm(x), tf.gather(self.labels, idx)
+
+    @property
+    def num_eval_batches(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def eval_batch(self, k) -> tuple[tf.Tensor, tf.Tensor]:
+        """Batch k of `num_eval_batches`, in order, no augmentation; the last one may be smaller."""
+        start = tf.cast(k, tf.int32) * self.batch_size
+        x = self.images[start:start + self.batch_size]  # uint8 [<=B, H, W, C]
+        return self.norm(x), self.labels[start:start + self.batch_size]

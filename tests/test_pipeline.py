@@ -1,0 +1,136 @@
+"""The input pipeline: statistics, split, shuffling, augmentation, and randomness as a pure function."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lowlevel import pipeline
+from lowlevel.pipeline import Batches, Normalization
+
+
+def _images(n=40, seed=0, size=8):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % 10
+
+
+def test_normalization_matches_numpy():
+    x, _ = _images()
+    norm = Normalization.of(x)
+    f = x.astype(np.float64) / 255
+    np.testing.assert_allclose(norm.mean, f.mean((0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(norm.std, f.std((0, 1, 2)), rtol=1e-12)
+    out = norm(tf.constant(x)).numpy()
+    np.testing.assert_allclose(out, (f - f.mean((0, 1, 2))) / f.std((0, 1, 2)), atol=1e-5)
+    np.testing.assert_allclose(out.mean((0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std((0, 1, 2)), 1, atol=1e-4)
+
+
+def test_validation_split_is_disjoint_fixed_and_complete():
+    x, y = _images(50)
+    tx, ty, vx, vy = pipeline.split_validation(x, y, 10)
+    assert len(tx) == 40 and len(vx) == 10
+    seen = np.concatenate([tx, vx]).reshape(50, -1)
+    assert len({r.tobytes() for r in seen}) == 50  # every image once
+    again = pipeline.split_validation(x, y, 10)
+    np.testing.assert_array_equal(vx, again[2])
+    tx0, _, vx0, _ = pipeline.split_validation(x, y, 0)
+    assert len(vx0) == 0 and len(tx0) == 50
+    with pytest.raises(ValueError, match="--val-size must be between 0 and 49"):
+        pipeline.split_validation(x, y, 50)
+
+
+def test_epoch_order_is_a_permutation_keyed_by_seed_and_epoch():
+    a = pipeline.epoch_order(1000, seed=1, epoch=0).numpy()
+    assert sorted(a.tolist()) == list(range(1000))
+    np.testing.assert_array_equal(a, pipeline.epoch_order(1000, seed=1, epoch=0).numpy())
+    assert not np.array_equal(a, pipeline.epoch_order(1000, seed=1, epoch=1).numpy())
+    assert not np.array_equal(a, pipeline.epoch_order(1000, seed=2, epoch=0).numpy())
+
+
+def _find_crop(padded, out):
+    """The (dy, dx, flip) with out == crop of padded, or None."""
+    h, w = out.shape[:2]
+    for dy in range(9):
+        for dx in range(9):
+            crop = padded[dy:dy + h, dx:dx + w]
+            if np.array_equal(crop, out):
+                return dy, dx, False
+            if np.array_equal(crop[:, ::-1], out):
+                return dy, dx, True
+    return None
+
+
+def test_augment_is_a_padded_crop_and_flip_of_each_image():
+    x, _ = _images(64, size=32)
+    out = pipeline.augment(tf.constant(x), seed=3, step=7).numpy()
+    assert out.shape == x.shape and out.dtype == np.uint8
+    padded = np.pad(x, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    found = [_find_crop(p, o) for p, o in zip(padded, out)]
+    assert all(f is not None for f in found)
+    flips = sum(f[2] for f in found)
+    offsets = {f[:2] for f in found}
+    assert 16 <= flips <= 48 and len(offsets) > 20  # both flips and many offsets occur
+    np.testing.assert_array_equal(out, pipeline.augment(tf.constant(x), seed=3, step=7).numpy())
+    assert not np.array_equal(out, pipeline.augment(tf.constant(x), seed=3, step=8).numpy())
+
+
+def test_train_batches_have_fixed_size_and_cover_an_epoch():
+    x, y = _images(45)
+    b = Batches(x, y, Normalization.of(x), batch_size=10, seed=0, augment=False)
+    assert b.steps_per_epoch == 4
+    order = b.order(0)
+    labels, images = [], []
+    for step in range(4):
+        xb, yb = b.train_batch(order, step)
+        assert xb.shape == (10, 8, 8, 3) and xb.dtype == tf.float32 and yb.dtype == tf.int32
+        labels.append(yb.numpy())
+        images.append(xb.numpy())
+    idx = order.numpy()[:40]
+    np.testing.assert_array_equal(np.concatenate(labels), y[idx])
+    np.testing.assert_allclose(np.concatenate(images), b.norm(tf.constant(x[idx])).numpy())
+
+
+def test_batch_k_is_the_same_in_a_fresh_pipeline():
+    """What resume relies on: a new process rebuilds batch `step` from (seed, epoch, step) alone."""
+    x, y = _images(45)
+    first = Batches(x, y, Normalization.of(x), batch_size=10, seed=5)
+    second = Batches(x, y, Normalization.of(x), batch_size=10, seed=5)
+    for step in (0, 3, 6, 13):
+        epoch = step // first.steps_per_epoch
+        a = first.train_batch(first.order(epoch), step)
+        b = second.train_batch(second.order(epoch), step)
+        np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+        np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
+
+
+def test_eval_batches_see_every_image_once_last_partial():
+    x, y = _images(45)
+    b = Batches(x, y, Normalization.of(x), batch_size=10)
+    assert b.num_eval_batches == 5
+    parts = [b.eval_batch(k) for k in range(5)]
+    assert [len(p[1]) for p in parts] == [10, 10, 10, 10, 5]
+    np.testing.assert_array_equal(np.concatenate([p[1].numpy() for p in parts]), y)
+    np.testing.assert_allclose(np.concatenate([p[0].numpy() for p in parts]), b.norm(tf.constant(x)).numpy())
+
+
+def test_compiled_batches_trace_once():
+    x, y = _images(45)
+    b = Batches(x, y, Normalization.of(x), batch_size=10, seed=1)
+    traces = []
+
+    @tf.function
+    def take(order, step):
+        traces.append(1)
+        return b.train_batch(order, step)
+
+    order = b.order(0)
+    for step in range(6):
+        eager = b.train_batch(order, tf.constant(step, tf.int64))
+        compiled = take(order, tf.constant(step, tf.int64))
+        # graph rewrites may reorder (x / 255 - mean) / std: equal to float rounding
+        np.testing.assert_allclose(eager[0].numpy(), compiled[0].numpy(), atol=1e-6)
+        np.testing.assert_array_equal(eager[1].numpy(), compiled[1].numpy())
+    assert len(traces) == 1
+    crop = tf.function(pipeline.augment)
+    for step in range(3):
+        np.testing.assert_array_equal(crop(b.images, 1, tf.constant(step)).numpy(),
+                                      pipeline.augment(b.images, 1, tf.constant(step)).numpy())
