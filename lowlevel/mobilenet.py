@@ -1,0 +1,158 @@
+"""MobileNet v1 (Howard et al. 2017, arXiv:1704.04861), built from a table.
+
+The body is the paper's Table 1 written as data: a 3x3 stem convolution, then
+13 depthwise-separable blocks, each a 3x3 depthwise convolution (one filter per
+channel: spatial filtering) and a 1x1 pointwise convolution (mixing channels),
+both followed by batch norm and relu6.  Global average pooling, dropout and a
+dense layer give the logits.
+
+A separable block costs  H'W' (9 C_in + C_in C_out)  multiply-adds where a full
+3x3 convolution costs  H'W' 9 C_in C_out:  8 to 9 times fewer for wide layers.
+`standard=True` builds the same network with full 3x3 convolutions, the
+comparison of the paper's Table 4.
+
+Width multiplier alpha (paper section 3.3) thins every layer: a layer of C
+channels gets max(8, int(alpha * C)).  int() rounds down, as Keras'
+`MobileNet(alpha=...)` does; the floor of 8 channels is TF-slim's `min_depth`,
+and changes nothing for alpha >= 0.25.
+
+For CIFAR-10 (32x32 images) the stem has stride 1 instead of 2, so the last
+blocks see 2x2 maps instead of 1x1; ImageNet's 224x224 uses stem stride 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """A full k x k convolution + batch norm + relu6."""
+    stride: int
+    channels: int
+    kernel: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthSepConv:
+    """3x3 depthwise (stride here) + BN + relu6, then 1x1 pointwise to `channels` + BN + relu6."""
+    stride: int
+    channels: int
+    kernel: int = 3
+
+
+# The paper's Table 1.  The stem's stride is the model's `stem_stride` argument.
+STEM = Conv(stride=2, channels=32)
+BODY = (
+    DepthSepConv(stride=1, channels=64),
+    DepthSepConv(stride=2, channels=128),
+    DepthSepConv(stride=1, channels=128),
+    DepthSepConv(stride=2, channels=256),
+    DepthSepConv(stride=1, channels=256),
+    DepthSepConv(stride=2, channels=512),
+    *[DepthSepConv(stride=1, channels=512)] * 5,
+    DepthSepConv(stride=2, channels=1024),
+    DepthSepConv(stride=1, channels=1024),
+)
+
+
+def scaled(channels: int, alpha: float) -> int:
+    """The width multiplier's rounding rule: max(8, int(alpha * channels))."""
+    return max(8, int(alpha * channels))
+
+
+class SeparableBlock(tf.Module):
+    """x [B, H, W, C_in] -> [B, H/s, W/s, C_in] (depthwise) -> [B, H/s, W/s, C_out] (pointwise)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bn_momentum: float, fused_bn: bool,
+                 name: str | None = None):
+        super().__init__(name=name)
+        with self.name_scope:
+            self.depthwise = DepthwiseConv2D(in_channels, 3, stride, name="depthwise")
+            self.bn_depthwise = BatchNorm(in_channels, bn_momentum, fused=fused_bn, name="bn_depthwise")
+            self.pointwise = Conv2D(in_channels, out_channels, 1, name="pointwise")
+            self.bn_pointwise = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_pointwise")
+
+    def __call__(self, x, training: bool):
+        x = relu6(self.bn_depthwise(self.depthwise(x), training))  # [B, H', W', C_in]
+        return relu6(self.bn_pointwise(self.pointwise(x), training))  # [B, H', W', C_out]
+
+
+class StandardBlock(tf.Module):
+    """The same shapes as a SeparableBlock with one full 3x3 convolution: [B, H, W, C_in] -> [B, H/s, W/s, C_out]."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bn_momentum: float, fused_bn: bool,
+                 name: str | None = None):
+        super().__init__(name=name)
+        with self.name_scope:
+            self.conv = Conv2D(in_channels, out_channels, 3, stride, name="conv")
+            self.bn = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn")
+
+    def __call__(self, x, training: bool):
+        return relu6(self.bn(self.conv(x), training))  # [B, H', W', C_out]
+
+
+class MobileNetV1(tf.Module):
+    """MobileNet v1: images [B, S, S, 3] (normalized floats) -> logits [B, num_classes].
+
+    num_classes: classifier outputs.  alpha: width multiplier (0 < alpha).
+    input_size: S, the image side the model is built for (used to check the
+    strides and by the cost summary; the convolutions accept any size).
+    stem_stride: 1 for CIFAR's 32x32, 2 for ImageNet's 224x224.
+    dropout: rate before the classifier, in training only.
+    standard: full 3x3 convolutions instead of depthwise-separable blocks.
+    bn_momentum, fused_bn: passed to every BatchNorm.
+    """
+
+    def __init__(self, num_classes: int = 10, alpha: float = 1.0, input_size: int = 32, stem_stride: int = 1,
+                 dropout: float = 0.0, standard: bool = False, bn_momentum: float = 0.99, fused_bn: bool = True,
+                 name: str | None = "mobilenet_v1"):
+        super().__init__(name=name)
+        _check(num_classes, alpha, input_size, stem_stride, dropout)
+        self.num_classes, self.alpha, self.input_size, self.stem_stride = num_classes, alpha, input_size, stem_stride
+        self.dropout_rate, self.standard = dropout, standard
+        Block = StandardBlock if standard else SeparableBlock
+        with self.name_scope:
+            c = scaled(STEM.channels, alpha)
+            self.stem = Conv2D(3, c, STEM.kernel, stem_stride, name="stem")
+            self.bn_stem = BatchNorm(c, bn_momentum, fused=fused_bn, name="bn_stem")
+            self.blocks = []
+            for i, row in enumerate(BODY):
+                out = scaled(row.channels, alpha)
+                self.blocks.append(Block(c, out, row.stride, bn_momentum, fused_bn, name=f"block_{i}"))
+                c = out
+            self.classifier = Dense(c, num_classes, name="classifier")
+
+    @property
+    def strides(self) -> list[int]:
+        """The stride of every layer that has one, in order: the stem, then each block."""
+        return [self.stem_stride] + [row.stride for row in BODY]
+
+    def __call__(self, images: tf.Tensor, training: bool = False, seed=None) -> tf.Tensor:
+        """images [B, S, S, 3] -> logits [B, num_classes].  `seed`: the dropout key (see layers.dropout)."""
+        x = relu6(self.bn_stem(self.stem(images), training))  # [B, S/stem_stride, ., 32a]
+        for block in self.blocks:
+            x = block(x, training)  # [B, H', W', C']; 2x2 (CIFAR) or 7x7 (ImageNet) at the end
+        x = global_average_pool(x)  # [B, 1024a]
+        x = dropout(x, self.dropout_rate, training, seed)
+        return self.classifier(x)  # [B, num_classes]
+
+
+def _check(num_classes, alpha, input_size, stem_stride, rate) -> None:
+    if not alpha > 0:
+        raise ValueError(f"alpha (the width multiplier) must be greater than 0, not {alpha}.")
+    if num_classes < 1:
+        raise ValueError(f"the number of classes must be at least 1, not {num_classes}.")
+    if stem_stride not in (1, 2):
+        raise ValueError(f"the stem stride must be 1 (CIFAR) or 2 (ImageNet), not {stem_stride}.")
+    total = stem_stride
+    for row in BODY:
+        total *= row.stride
+    if input_size < total:
+        raise ValueError(f"input size {input_size} is too small for the strides (they divide it by {total}); "
+                         f"use at least {total}, or a stem stride of 1.")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), not {rate}.")
