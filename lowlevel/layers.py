@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from lowlevel._tf import tf
 
 
 def _he_normal(shape, fan_in: int, gain: float = 2.0) -> tf.Tensor:

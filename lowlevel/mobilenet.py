@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import tensorflow as tf
+from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
 

@@ -8,6 +8,7 @@ Every random choice is a pure function of (seed, epoch) or (seed, step):
 
     order of epoch e         = argsort(uniform(N; key = fold_in(seed, SHUFFLE, e)))
     crop and flip of step s  = uniform(...; key = fold_in(seed, AUGMENT, s))
+    dropout masks of step s  = key fold_in(seed, DROPOUT, s)
 
 so batch k of a run is the same whether or not the run was stopped and resumed,
 and there is no hidden generator state for a checkpoint to miss.
@@ -17,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
+from lowlevel._tf import tf
 
 PAD = 4  # pixels of zero padding before the random 32x32 crop
-_SHUFFLE, _AUGMENT = 1, 2  # stream ids, so the two never share a random key
+_SHUFFLE, _AUGMENT, _DROPOUT = 1, 2, 3  # stream ids, so no two share a random key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,11 @@ def epoch_order(n: int, seed, epoch) -> tf.Tensor:
     """The shuffled order of the n training images in epoch `epoch`: int32 [n]."""
     noise = tf.random.stateless_uniform([n], seed=_key(seed, _SHUFFLE, epoch))
     return tf.argsort(noise)  # int32
+
+
+def dropout_key(seed, step) -> tf.Tensor:
+    """The [2] key of the dropout masks of step `step` (see layers.dropout)."""
+    return _key(seed, _DROPOUT, step)
 
 
 def augment(images: tf.Tensor, seed, step) -> tf.Tensor:

@@ -1,0 +1,40 @@
+"""TensorFlow, imported once for the whole package, without its start-up noise.
+
+On import and on first finding its devices, TensorFlow's C++ core writes lines
+such as "oneDNN custom operations are on" and, with no GPU, "failed call to
+cuInit" straight to file descriptor 2, before its logging is configured, so
+TF_CPP_MIN_LOG_LEVEL cannot stop them.  They would bury the one-sentence errors
+of lowlevel's commands, so this module does both steps with descriptor 2
+pointed at a temporary file, and writes that file back to stderr if they fail.
+LOWLEVEL_TF_VERBOSE=1 leaves TensorFlow's output alone; otherwise TensorFlow's
+Python logger shows errors only.
+"""
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's later INFO and WARNING lines
+
+if os.environ.get("LOWLEVEL_TF_VERBOSE") == "1":
+    import tensorflow as tf
+else:
+    sys.stderr.flush()
+    _saved = os.dup(2)
+    with tempfile.TemporaryFile() as _log:
+        os.dup2(_log.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            _log.seek(0)
+            os.write(_saved, _log.read())
+            raise
+        finally:
+            os.dup2(_saved, 2)
+            os.close(_saved)
+    # TensorFlow's Python warnings (e.g. about a partly restored checkpoint, which lowlevel
+    # reports itself in one sentence)
+    tf.get_logger().setLevel("ERROR")
+
+__all__ = ["tf"]

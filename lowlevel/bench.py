@@ -1,0 +1,169 @@
+"""`python -m lowlevel.bench`: how fast is the raw-op step, against Keras and against the machine?
+
+Measured in one run, on the same machine, on random data of CIFAR's shape:
+
+  * lowlevel's compiled training step (the one `python -m lowlevel.train` runs:
+    gather, augment, forward, backward, update), and its inference;
+  * the same network built from Keras layers, trained with `model.fit` and run
+    with `model.predict` at the same batch size: the reference;
+  * this machine's float32 `tf.matmul` throughput (the compute limit) and the
+    network's training FLOPs per image (6 x its multiply-adds: 2 FLOPs per
+    multiply-add, backward about twice forward), giving the fraction of the
+    limit the training step reaches.
+
+Each figure is timed after warm-up calls, around whole calls that end in a
+value read back to Python (a synchronization), best of `--repeats`.  The last
+line printed is one JSON object for scripts.  This module imports Keras; the
+package never imports this module.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from lowlevel._tf import tf
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of fn (each ends in a synchronization)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10, repeats: int = 3) -> float:
+    """float32 [n, n] @ [n, n], `reps` in one compiled call: 2 n^3 FLOPs each."""
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+
+    @tf.function
+    def run():
+        acc = tf.zeros([n, n])
+        for _ in tf.range(reps):
+            acc += tf.matmul(a, b)
+        return acc[0, 0]
+
+    run().numpy()
+    return 2 * n ** 3 * reps / best_time(lambda: run().numpy(), repeats) / 1e9
+
+
+def random_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int) -> tuple[float, float]:
+    """(training images/s, inference images/s) of lowlevel's compiled steps."""
+    from lowlevel import pipeline
+    from lowlevel.config import Config
+    from lowlevel.train import Trainer
+
+    images, labels = random_images(batch * (steps + 1))
+    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0)
+    trainer = Trainer(Config(alpha=alpha, batch_size=batch), batches)
+    order = batches.order(0)
+    n = tf.constant(steps)
+    float(trainer.train_steps(order, tf.constant(1)))  # trace and warm up
+    train_s = best_time(lambda: float(trainer.train_steps(order, n)), repeats)
+
+    x, _ = batches.eval_batch(0)
+    model = trainer.model
+
+    @tf.function
+    def infer(k):
+        acc = tf.constant(0.0)
+        for _ in tf.range(k):
+            acc += model(x, training=False)[0, 0]
+        return acc
+
+    float(infer(tf.constant(1)))
+    infer_s = best_time(lambda: float(infer(n)), repeats)
+    return batch * steps / train_s, batch * steps / infer_s
+
+
+def keras_model(alpha: float):
+    """The same architecture from stock Keras layers (stem stride 1, as lowlevel's CIFAR default)."""
+    import keras
+    from keras import layers
+
+    from lowlevel.mobilenet import BODY, STEM, scaled
+
+    x = inputs = keras.Input((32, 32, 3))
+    x = layers.Conv2D(scaled(STEM.channels, alpha), 3, padding="same", use_bias=False)(x)
+    x = layers.ReLU(6.0)(layers.BatchNormalization()(x))
+    for row in BODY:
+        x = layers.DepthwiseConv2D(3, strides=row.stride, padding="same", use_bias=False)(x)
+        x = layers.ReLU(6.0)(layers.BatchNormalization()(x))
+        x = layers.Conv2D(scaled(row.channels, alpha), 1, use_bias=False)(x)
+        x = layers.ReLU(6.0)(layers.BatchNormalization()(x))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(10)(x))
+
+
+def keras_throughput(batch: int, alpha: float, steps: int, repeats: int) -> tuple[float, float]:
+    """(training images/s with model.fit, inference images/s with model.predict)."""
+    import keras
+
+    model = keras_model(alpha)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images, labels = random_images(batch * steps)
+    x = ((images.astype(np.float32) / 255.0) - 0.47) / 0.25
+    model.fit(x[:batch * 2], labels[:batch * 2], batch_size=batch, epochs=1, verbose=0)  # trace and warm up
+    train_s = best_time(lambda: model.fit(x, labels, batch_size=batch, epochs=1, verbose=0), repeats)
+    model.predict(x[:batch * 2], batch_size=batch, verbose=0)
+    infer_s = best_time(lambda: model.predict(x, batch_size=batch, verbose=0), repeats)
+    return batch * steps / train_s, batch * steps / infer_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lowlevel.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    ap.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed call (default 20)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls; the fastest counts (default 3)")
+    ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run: alpha 0.25, batch 16, 2 steps")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.alpha, args.batch_size, args.steps, args.repeats = 0.25, 16, 2, 1
+    if min(args.batch_size, args.steps, args.repeats) < 1 or not args.alpha > 0:
+        print("error: --batch-size, --steps and --repeats must be at least 1 and --alpha above 0.", file=sys.stderr)
+        return 2
+
+    from lowlevel import summary
+    from lowlevel.mobilenet import MobileNetV1
+
+    madds = summary.totals(summary.rows(MobileNetV1(alpha=args.alpha))).madds
+    flops = 6 * madds  # training: forward 2 FLOPs per multiply-add, backward about twice that
+    peak = matmul_gflops(512 if args.quick else 2048, reps=2 if args.quick else 10, repeats=args.repeats)
+    ours = lowlevel_throughput(args.batch_size, args.alpha, args.steps, args.repeats)
+    ref = keras_throughput(args.batch_size, args.alpha, args.steps, args.repeats)
+    result = {
+        "batch_size": args.batch_size, "alpha": args.alpha, "steps": args.steps,
+        "train_images_per_s": round(ours[0], 1), "keras_train_images_per_s": round(ref[0], 1),
+        "train_speedup_vs_keras": round(ours[0] / ref[0], 3),
+        "infer_images_per_s": round(ours[1], 1), "keras_infer_images_per_s": round(ref[1], 1),
+        "infer_speedup_vs_keras": round(ours[1] / ref[1], 3),
+        "matmul_gflops": round(peak, 1), "train_flops_per_image": flops,
+        "compute_fraction": round(flops * ours[0] / (peak * 1e9), 3),
+    }
+    print(f"MobileNet v1, alpha {args.alpha:g}, batch {args.batch_size}, 32x32, {args.steps} steps per timed call, "
+          f"best of {args.repeats}")
+    print(f"{'':<24s} {'lowlevel':>12s} {'Keras':>12s} {'ratio':>8s}")
+    print(f"{'training images/s':<24s} {ours[0]:12.1f} {ref[0]:12.1f} {ours[0] / ref[0]:7.2f}x")
+    print(f"{'inference images/s':<24s} {ours[1]:12.1f} {ref[1]:12.1f} {ours[1] / ref[1]:7.2f}x")
+    print(f"float32 matmul peak {peak:.1f} GFLOP/s; training {flops / 1e6:.1f} MFLOP per image; "
+          f"lowlevel reaches {100 * result['compute_fraction']:.1f}% of the peak")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Hand-written optimizers and learning-rate schedules.
+
+An optimizer is a `tf.Module` shown its variables in the constructor, where it
+creates one slot variable per variable and slot, so they exist before the first
+traced step and a checkpoint restores them.  `apply(grads, variables)` then
+takes the same variables in the same order (the optimizer does not hold them,
+so they are checkpointed once, under the model).  `iterations` counts the updates applied; the
+schedule turns it into the learning rate inside the graph.
+
+Weight decay (which variables): only variables whose name ends in `kernel`,
+i.e. the weights of convolutions (regular, depthwise, pointwise) and of the
+classifier.  Batch-norm gamma and beta and the biases are not decayed: they
+scale and shift, and pulling them to zero only fights the normalization.
+`decays(variables)` applies the rule; pass your own mask to change it.
+"""
+from __future__ import annotations
+
+import math
+
+from lowlevel._tf import tf
+
+
+def decays(variables) -> list[bool]:
+    """The default weight-decay mask: True for kernels, False for BN parameters and biases."""
+    return [v.name.split(":")[0].endswith("kernel") for v in variables]
+
+
+# ---------------------------------------------------------------- schedules
+
+class WarmupCosine:
+    """Linear warmup from 0 to `peak` over `warmup` steps, then cosine decay to `final`:
+
+        lr(t) = peak * (t + 1) / warmup                                      t < warmup
+        lr(t) = final + (peak - final) * (1 + cos(pi * (t - warmup) / (total - warmup))) / 2
+    """
+
+    def __init__(self, peak: float, total: int, warmup: int = 0, final: float = 0.0):
+        self.peak, self.total, self.warmup, self.final = peak, max(total, 1), warmup, final
+
+    def __call__(self, step) -> tf.Tensor:
+        t = tf.cast(step, tf.float32)
+        warm = self.peak * (t + 1.0) / max(self.warmup, 1)
+        progress = tf.clip_by_value((t - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        cosine = self.final + (self.peak - self.final) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(t < self.warmup, warm, cosine)
+
+
+class StepDecay:
+    """lr(t) = base * factor ** (number of boundaries <= t), e.g. 0.1 -> 0.01 -> 0.001."""
+
+    def __init__(self, base: float, boundaries: list[int], factor: float = 0.1):
+        self.base, self.boundaries, self.factor = base, list(boundaries), factor
+
+    def __call__(self, step) -> tf.Tensor:
+        passed = tf.reduce_sum(tf.cast(tf.cast(step, tf.int64) >= tf.constant(self.boundaries or [2**62],
+                                                                               tf.int64), tf.float32))
+        return self.base * tf.pow(self.factor, passed)
+
+
+class Constant:
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def __call__(self, step) -> tf.Tensor:
+        return tf.constant(self.lr, tf.float32)
+
+
+# ---------------------------------------------------------------- optimizers
+
+class SGD(tf.Module):
+    """SGD with momentum mu, Nesterov optional, and L2 weight decay lambda:
+
+        g <- g + lambda * w                  (decayed variables only)
+        b <- mu * b + g
+        w <- w - lr * b                      plain momentum
+        w <- w - lr * (g + mu * b)           Nesterov
+
+    (PyTorch's form.  Keras keeps v = -lr * b instead; with a constant
+    learning rate the two give the same weights.)
+    """
+
+    def __init__(self, variables, schedule, momentum: float = 0.9, nesterov: bool = True,
+                 weight_decay: float = 0.0, decay_mask: list[bool] | None = None, name: str = "sgd"):
+        super().__init__(name=name)
+        variables = list(variables)
+        self.schedule, self.momentum, self.nesterov, self.weight_decay = schedule, momentum, nesterov, weight_decay
+        self.decay_mask = decays(variables) if decay_mask is None else list(decay_mask)
+        with self.name_scope:
+            self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+            self.velocity = [tf.Variable(tf.zeros_like(v), trainable=False, name="velocity")
+                             for v in variables]
+
+    def apply(self, grads, variables) -> tf.Tensor:
+        """One update of every variable from its gradient; returns the learning rate used."""
+        lr = self.schedule(self.iterations)
+        for w, g, b, decay in zip(variables, grads, self.velocity, self.decay_mask, strict=True):
+            if decay and self.weight_decay:
+                g = g + self.weight_decay * w
+            b.assign(self.momentum * b + g)
+            w.assign_sub(lr * (g + self.momentum * b if self.nesterov else b))
+        self.iterations.assign_add(1)
+        return lr
+
+
+class Adam(tf.Module):
+    """Adam (Kingma and Ba 2015) as Keras computes it, with decoupled weight decay (AdamW):
+
+        w <- w - lr * lambda * w             (decayed variables only; Loshchilov and Hutter 2019)
+        m <- b1 * m + (1 - b1) * g
+        v <- b2 * v + (1 - b2) * g^2
+        w <- w - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+    with t the 1-based update count.
+    """
+
+    def __init__(self, variables, schedule, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
+                 weight_decay: float = 0.0, decay_mask: list[bool] | None = None, name: str = "adam"):
+        super().__init__(name=name)
+        variables = list(variables)
+        self.schedule, self.beta_1, self.beta_2, self.epsilon = schedule, beta_1, beta_2, epsilon
+        self.weight_decay = weight_decay
+        self.decay_mask = decays(variables) if decay_mask is None else list(decay_mask)
+        with self.name_scope:
+            self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+            self.m = [tf.Variable(tf.zeros_like(v), trainable=False, name="m") for v in variables]
+            self.v = [tf.Variable(tf.zeros_like(v), trainable=False, name="v") for v in variables]
+
+    def apply(self, grads, variables) -> tf.Tensor:
+        """One update of every variable from its gradient; returns the learning rate used."""
+        lr = self.schedule(self.iterations)
+        t = tf.cast(self.iterations + 1, tf.float32)
+        step_size = lr * tf.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
+        for w, g, m, v, decay in zip(variables, grads, self.m, self.v, self.decay_mask, strict=True):
+            if decay and self.weight_decay:
+                w.assign_sub(lr * self.weight_decay * w)
+            m.assign(self.beta_1 * m + (1.0 - self.beta_1) * g)
+            v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(g))
+            w.assign_sub(step_size * m / (tf.sqrt(v) + self.epsilon))
+        self.iterations.assign_add(1)
+        return lr

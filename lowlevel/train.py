@@ -1,0 +1,387 @@
+"""`python -m lowlevel.train`: train MobileNet v1 on CIFAR-10 with a hand-written loop.
+
+    python -m lowlevel.train --data cifar-10-batches-py --run-name first
+    python -m lowlevel.train --run-name first --resume          # after Ctrl-C, a crash, a reboot
+
+One compiled function runs `steps_per_call` training steps: gather the batch
+from the uint8 images on the device, augment it, forward, backward, update.
+Everything random is a function of (seed, step), and the checkpoint holds the
+weights, the moving statistics, the optimizer's slots and its step count, so a
+resumed run computes the very same weights as one that never stopped.
+
+The run folder (checkpoints/<run-name>/) holds config.json, history.csv (a
+row per epoch), ckpt-<step> (the last few), best/ckpt-<step> (best validation
+accuracy) and the plots.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from lowlevel._tf import tf
+
+from lowlevel import cifar10, optim, pipeline
+from lowlevel.config import Config, ConfigError
+from lowlevel.mobilenet import MobileNetV1
+
+HISTORY_FIELDS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                  "images_per_s", "elapsed_s"]
+
+
+class RunError(Exception):
+    """A problem with the run folder or its checkpoints, told in one sentence."""
+
+
+# ---------------------------------------------------------------- the math of a step
+
+def cross_entropy(logits, labels, smoothing: float = 0.0) -> tf.Tensor:
+    """Mean over the batch of  -sum_k q_k log softmax(logits)_k,  q = (1 - s) onehot(y) + s / K.
+
+    logits [B, K] float, labels [B] int -> scalar.
+    """
+    log_p = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # [B, K]
+    k = logits.shape[-1]
+    q = tf.one_hot(labels, k) * (1.0 - smoothing) + smoothing / k  # [B, K]
+    return tf.reduce_mean(-tf.reduce_sum(q * log_p, axis=-1))
+
+
+class Trainer(tf.Module):
+    """The model, its optimizer and the compiled steps, plus what a checkpoint must hold."""
+
+    def __init__(self, cfg: Config, train: pipeline.Batches, num_classes: int = 10):
+        super().__init__(name="trainer")
+        self.cfg, self.train = cfg, train
+        tf.random.set_seed(cfg.seed)  # the initial weights
+        self.model = MobileNetV1(num_classes=num_classes, alpha=cfg.alpha, input_size=train.images.shape[1],
+                                 stem_stride=1, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum)
+        spe = train.steps_per_epoch
+        total, warmup = cfg.epochs * spe, int(cfg.warmup_epochs * spe)
+        if cfg.schedule == "cosine":
+            schedule = optim.WarmupCosine(cfg.lr, total, warmup)
+        else:
+            schedule = optim.StepDecay(cfg.lr, [total // 2, total * 3 // 4])
+        params = self.model.trainable_variables
+        if cfg.optimizer == "sgd":
+            self.optimizer = optim.SGD(params, schedule, cfg.momentum, True, cfg.weight_decay)
+        else:
+            self.optimizer = optim.Adam(params, schedule, beta_1=cfg.momentum, weight_decay=cfg.weight_decay)
+        # sums over the current epoch, checkpointed so that a resume mid-epoch reports the same epoch
+        self.epoch_loss = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.epoch_correct = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.epoch_seen = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # seconds of training and eval
+        self.seed = tf.Variable(cfg.seed, dtype=tf.int64, trainable=False)
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch_loss=self.epoch_loss,
+                                   epoch_correct=self.epoch_correct, epoch_seen=self.epoch_seen,
+                                   best_val_accuracy=self.best_val_accuracy, elapsed=self.elapsed, seed=self.seed)
+
+    @tf.function
+    def train_steps(self, order, n) -> tf.Tensor:
+        """n training steps on the epoch whose image order is `order`; returns the last learning rate."""
+        lr = tf.constant(0.0)
+        for _ in tf.range(n):
+            step = self.optimizer.iterations
+            x, y = self.train.train_batch(order, step)  # [B, 32, 32, 3] float32, [B] int32
+            with tf.GradientTape() as tape:
+                logits = self.model(x, training=True, seed=pipeline.dropout_key(self.cfg.seed, step))  # [B, K]
+                loss = cross_entropy(logits, y, self.cfg.label_smoothing)
+            grads = tape.gradient(loss, self.model.trainable_variables)
+            lr = self.optimizer.apply(grads, self.model.trainable_variables)
+            b = tf.shape(y, out_type=tf.int64)[0]
+            self.epoch_loss.assign_add(tf.cast(loss, tf.float64) * tf.cast(b, tf.float64))
+            self.epoch_correct.assign_add(tf.reduce_sum(tf.cast(tf.argmax(logits, -1, tf.int32) == y, tf.int64)))
+            self.epoch_seen.assign_add(b)
+        return lr
+
+
+def evaluator(model, batches: pipeline.Batches):
+    """A compiled function returning (mean loss, accuracy, predictions int32 [N]) over every image once."""
+
+    @tf.function
+    def run():
+        loss_sum = tf.constant(0.0, tf.float64)
+        preds = tf.TensorArray(tf.int32, size=batches.num_eval_batches, infer_shape=False)
+        for k in tf.range(batches.num_eval_batches):
+            x, y = batches.eval_batch(k)
+            logits = model(x, training=False)
+            b = tf.cast(tf.shape(y)[0], tf.float64)
+            loss_sum += tf.cast(cross_entropy(logits, y), tf.float64) * b
+            preds = preds.write(k, tf.argmax(logits, -1, tf.int32))
+        return loss_sum / batches.n, preds.concat()
+
+    def evaluate():
+        loss, preds = run()
+        preds = preds.numpy()
+        return float(loss), float(np.mean(preds == batches.labels.numpy())), preds
+    return evaluate
+
+
+# ---------------------------------------------------------------- the run folder
+
+def find_run(cfg: Config) -> Path:
+    """The run folder: --run-name in --checkpoint-dir, or with --resume and no name the latest run."""
+    root = Path(cfg.checkpoint_dir)
+    if cfg.run_name:
+        return root / cfg.run_name
+    if cfg.resume:
+        runs = sorted(root.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise RunError(f"{root}: holds no run to resume; give --run-name, or train without --resume.")
+        return runs[-1].parent
+    return root / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+def prepare_run(cfg: Config, explicit: set[str]) -> tuple[Config, Path]:
+    """Check and create (or, with --resume, reopen) the run folder; return the run's config."""
+    run = find_run(cfg)
+    saved = run / "config.json"
+    if cfg.resume:
+        if not saved.is_file():
+            raise RunError(f"{run}: is not a run folder (no config.json); check --run-name and --checkpoint-dir.")
+        return Config.from_json(saved).resumed_with(cfg, explicit).check(), run
+    if saved.exists():
+        raise RunError(f"{run}: already holds a run; add --resume to continue it, or choose another --run-name.")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        dataclasses.replace(cfg, run_name=run.name).to_json(saved)
+    except OSError as e:
+        raise RunError(f"{run}: cannot write there ({e.strerror}); choose a writable --checkpoint-dir.") from None
+    return dataclasses.replace(cfg, run_name=run.name), run
+
+
+def load_data(cfg: Config) -> cifar10.CIFAR10:
+    """--data, or data/cifar-10-batches-py, downloaded there first if missing (the environment
+    variables LOWLEVEL_CIFAR10_URL and LOWLEVEL_CIFAR10_MD5 name a mirror)."""
+    if cfg.data:
+        return cifar10.load(cfg.data)
+    default = Path("data")
+    if not (default / cifar10.FOLDER).is_dir():
+        print(f"no --data given and no {default / cifar10.FOLDER}: downloading CIFAR-10 there", file=sys.stderr)
+        cifar10.download(default, url=os.environ.get("LOWLEVEL_CIFAR10_URL", cifar10.URL),
+                         md5=os.environ.get("LOWLEVEL_CIFAR10_MD5", cifar10.MD5))
+    return cifar10.load(default)
+
+
+def check_state_file(run: Path) -> None:
+    """Refuse to resume when checkpoints exist but the `checkpoint` list naming the latest is unreadable.
+
+    (`tf.train.latest_checkpoint` would answer None and the run would silently start
+    again from scratch: tensorflow/tensorflow#35148.)
+    """
+    if not list(run.glob("ckpt-*.index")):
+        return
+    state = run / "checkpoint"
+    try:
+        ok = re.search(r'^model_checkpoint_path: "[^"]+"$', state.read_text(), re.MULTILINE) is not None
+    except (OSError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise RunError(f"{state}: the checkpoint list is missing or unreadable although checkpoints exist; "
+                       f"restore it (it names the latest ckpt-N) before resuming.")
+
+
+def restore(trainer: Trainer, manager: tf.train.CheckpointManager) -> None:
+    latest = manager.latest_checkpoint
+    if latest is None:
+        return  # stopped before its first save: start from the beginning
+    try:
+        trainer.checkpoint().read(latest).assert_existing_objects_matched().expect_partial()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise RunError(f"{latest}: cannot be restored into this run's model ({first}); "
+                       f"the checkpoint is damaged or from another configuration.") from None
+
+
+def read_history(path: Path, epochs_done: int) -> list[dict]:
+    """history.csv's rows for the epochs a checkpoint covers (a crash may have left one more)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs_done]
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- the loop
+
+class _Stop:
+    """Remembers a SIGINT or SIGTERM so the loop can save before it exits."""
+
+    def __init__(self):
+        self.signal = None
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this call",
+              file=sys.stderr, flush=True)
+
+
+def _bar(epoch, epochs, done, total, loss, acc, rate):
+    width = 30
+    filled = width * done // total
+    return (f"\repoch {epoch}/{epochs} [{'=' * filled}{'.' * (width - filled)}] {done}/{total} "
+            f"loss {loss:.3f} acc {100 * acc:.1f}% {rate:.0f} img/s")
+
+
+class Loop:
+    """The epochs of one run: training calls, end-of-epoch bookkeeping, checkpoints."""
+
+    def __init__(self, cfg: Config, run: Path, data: cifar10.CIFAR10):
+        train_x, train_y, val_x, val_y = pipeline.split_validation(data.train_images, data.train_labels,
+                                                                   cfg.val_size)
+        self.norm = pipeline.Normalization.of(train_x)  # training images only
+        self.train = pipeline.Batches(train_x, train_y, self.norm, cfg.batch_size, cfg.seed, augment=cfg.augment)
+        if self.train.steps_per_epoch == 0:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {self.train.n} training images.")
+        self.cfg, self.run, self.data = cfg, run, data
+        self.trainer = Trainer(cfg, self.train, num_classes=len(data.label_names))
+        if cfg.resume:
+            check_state_file(run)
+        ckpt = self.trainer.checkpoint()
+        self.manager = tf.train.CheckpointManager(ckpt, run, max_to_keep=cfg.keep, checkpoint_name="ckpt")
+        self.best = tf.train.CheckpointManager(ckpt, run / "best", max_to_keep=1, checkpoint_name="ckpt")
+        if cfg.resume:
+            restore(self.trainer, self.manager)
+        self.spe = self.train.steps_per_epoch
+        self.total = cfg.epochs * self.spe
+        self.limit = min(self.total, cfg.max_steps) if cfg.max_steps else self.total
+        self.history_path = run / "history.csv"
+        self.history = read_history(self.history_path, self.trainer.step // self.spe)
+        write_history(self.history_path, self.history)
+        val = pipeline.Batches(val_x, val_y, self.norm, 500)
+        self.evaluate_val = evaluator(self.trainer.model, val) if len(val_x) else None
+        self.bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
+        print(f"run {run}: {self.train.n} training and {len(val_x)} validation images, {self.spe} steps per "
+              f"epoch, {self.trainer.step} of {self.total} steps done", flush=True)
+
+    def save(self, on_best: bool = False) -> None:
+        try:
+            self.manager.save(checkpoint_number=self.trainer.step)
+            if on_best:
+                self.best.save(checkpoint_number=self.trainer.step)
+        except (OSError, tf.errors.OpError) as e:
+            raise RunError(f"{self.run}: saving a checkpoint failed ({getattr(e, 'message', e)}); free space "
+                           f"or permissions, then --resume.") from None
+
+    def train_epoch(self, stop: _Stop) -> tuple[float, float]:
+        """Train until the epoch ends, --max-steps is reached or a signal came; (last lr, seconds)."""
+        t, cfg = self.trainer, self.cfg
+        epoch = t.step // self.spe
+        end = min((epoch + 1) * self.spe, self.limit)
+        order = self.train.order(epoch)
+        start, lr = time.perf_counter(), float("nan")
+        while t.step < end and stop.signal is None:
+            lr = float(t.train_steps(order, tf.constant(min(cfg.steps_per_call, end - t.step))))
+            seen = int(t.epoch_seen.numpy())
+            loss = float(t.epoch_loss.numpy()) / max(seen, 1)
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss became {loss} by step {t.step}; the last good checkpoint "
+                    f"({self.manager.latest_checkpoint or 'none yet'}) is kept: lower --lr and start a new run, "
+                    f"or --resume from it.")
+            if self.bar:
+                acc = int(t.epoch_correct.numpy()) / max(seen, 1)
+                print(_bar(epoch + 1, cfg.epochs, t.step - epoch * self.spe, self.spe, loss, acc,
+                           seen / (time.perf_counter() - start)), end="", file=sys.stderr, flush=True)
+        if self.bar:
+            print(file=sys.stderr)
+        return lr, time.perf_counter() - start
+
+    def end_epoch(self, lr: float, seconds: float) -> None:
+        """Validate, append to history.csv, save (and maybe save as best), print the epoch's line."""
+        t = self.trainer
+        start = time.perf_counter()
+        seen = int(t.epoch_seen.numpy())
+        row = {"epoch": t.step // self.spe, "step": t.step, "train_loss": float(t.epoch_loss.numpy()) / seen,
+               "train_accuracy": int(t.epoch_correct.numpy()) / seen, "lr": lr, "images_per_s": seen / seconds}
+        val_loss, val_acc, _ = self.evaluate_val() if self.evaluate_val else (float("nan"), float("nan"), None)
+        t.elapsed.assign_add(seconds + time.perf_counter() - start)
+        row.update(val_loss=val_loss, val_accuracy=val_acc, elapsed_s=float(t.elapsed.numpy()))
+        for v in (t.epoch_loss, t.epoch_correct, t.epoch_seen):
+            v.assign(tf.zeros_like(v))
+        improved = self.evaluate_val is not None and val_acc > float(t.best_val_accuracy.numpy())
+        if improved:
+            t.best_val_accuracy.assign(val_acc)
+        self.history.append(row)
+        write_history(self.history_path, self.history)  # before the save: a crash between them repeats the
+        self.save(on_best=improved)  # epoch, and read_history drops the row the checkpoint does not cover
+        val = f"val loss {val_loss:.4f} acc {100 * val_acc:5.2f}%" if self.evaluate_val else "no validation set"
+        print(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc "
+              f"{100 * row['train_accuracy']:5.2f}%  {val}  lr {lr:.4f}  {row['images_per_s']:.0f} img/s  "
+              f"{row['elapsed_s'] / 60:.1f} min", flush=True)
+
+    def test(self) -> None:
+        test = pipeline.Batches(self.data.test_images, self.data.test_labels, self.norm, 500)
+        loss, acc, _ = evaluator(self.trainer.model, test)()
+        print(f"test loss {loss:.4f}, test accuracy {100 * acc:.2f}% ({test.n} images, checkpoint "
+              f"{self.manager.latest_checkpoint})", flush=True)
+
+
+def fit(cfg: Config, run: Path, data: cifar10.CIFAR10) -> int:
+    """Train the run to its end (or to --max-steps, or a signal); return the exit status."""
+    loop = Loop(cfg, run, data)
+    t, stop = loop.trainer, _Stop()
+    while t.step < loop.limit and stop.signal is None:
+        try:
+            lr, seconds = loop.train_epoch(stop)
+        except FloatingPointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if int(t.epoch_seen.numpy()) == 0:
+            continue  # a signal came before the first step of the epoch: nothing to record
+        if t.step % loop.spe == 0:
+            loop.end_epoch(lr, seconds)
+        else:  # stopped within the epoch: its running sums go into the checkpoint
+            t.elapsed.assign_add(seconds)
+            loop.save()
+    if t.step < loop.total:
+        why = signal.Signals(stop.signal).name if stop.signal else f"--max-steps {cfg.max_steps}"
+        print(f"stopped ({why}) at step {t.step} of {loop.total}, checkpoint {loop.manager.latest_checkpoint}; "
+              f"continue with: python -m lowlevel.train --checkpoint-dir {cfg.checkpoint_dir} "
+              f"--run-name {run.name} --resume", flush=True)
+        return {None: 0, signal.SIGINT: 130, signal.SIGTERM: 143}[stop.signal]
+    loop.test()
+    from lowlevel import plots  # not on the hot path
+    plots.learning_curves(run)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, explicit = Config.from_args(argv)
+        cfg, run = prepare_run(cfg.check(), explicit)
+        data = load_data(cfg)
+        return fit(cfg, run, data)
+    except (ConfigError, RunError, cifar10.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The benchmark's smoke run: it runs both sides and ends in the JSON line scripts read."""
+import json
+import os
+import subprocess
+import sys
+
+from lowlevel import bench
+
+
+def test_quick_benchmark_prints_the_json_last():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--quick"], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("train_images_per_s", "keras_train_images_per_s", "train_speedup_vs_keras", "infer_images_per_s",
+                "keras_infer_images_per_s", "infer_speedup_vs_keras", "matmul_gflops", "train_flops_per_image",
+                "compute_fraction"):
+        assert key in last and last[key] > 0, key
+    assert last["train_speedup_vs_keras"] == round(last["train_images_per_s"] / last["keras_train_images_per_s"], 3)
+    assert "training images/s" in result.stdout
+
+
+def test_keras_reference_is_the_same_network():
+    from lowlevel.mobilenet import MobileNetV1
+    for alpha in (1.0, 0.25):
+        ours = sum(int(v.shape.num_elements()) for v in MobileNetV1(alpha=alpha).variables)
+        assert bench.keras_model(alpha).count_params() == ours
+
+
+def test_flops_per_image_matches_the_notes():
+    """CIFAR default: 46.35M multiply-adds forward -> about 278 MFLOP per training image."""
+    from lowlevel import summary
+    from lowlevel.mobilenet import MobileNetV1
+    assert abs(6 * summary.totals(summary.rows(MobileNetV1())).madds - 278e6) / 278e6 < 0.01

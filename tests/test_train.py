@@ -1,0 +1,197 @@
+"""python -m lowlevel.train end to end on tiny data: files written, exact resume, signals, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+import fakecifar
+
+TINY = ["--alpha", "0.125", "--batch-size", "8", "--val-size", "20", "--progress", "none", "--steps-per-call", "3",
+        "--lr", "0.05", "--warmup-epochs", "0.5"]  # 80 training images: 10 steps per epoch
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
+    fakecifar.write(folder, "py2")
+    return folder
+
+
+# a download attempted by a test goes nowhere but this machine (port 9: discard, nothing listens)
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), LOWLEVEL_CIFAR10_URL="http://127.0.0.1:9/none.tar.gz")
+
+
+def train(cwd, *args, check=True, **kw):
+    env = ENV
+    result = subprocess.run([sys.executable, "-m", "lowlevel.train", *args], cwd=cwd, capture_output=True, text=True,
+                            env=env, timeout=600, **kw)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def weights(prefix):
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "model/" in k or "optimizer/" in k}
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and len(wa) > 100
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_train_writes_the_run_and_evaluate_agrees(tmp_path, data):
+    out = train(tmp_path, "--data", str(data), "--run-name", "r", "--epochs", "2", *TINY).stdout
+    run = tmp_path / "checkpoints" / "r"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["alpha"] == 0.125 and cfg["epochs"] == 2 and cfg["run_name"] == "r"
+    history = pd.read_csv(run / "history.csv")
+    assert history.epoch.tolist() == [1, 2] and history.step.tolist() == [10, 20]
+    assert set(history.columns) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"}
+    assert (run / "ckpt-20.index").exists() and list((run / "best").glob("ckpt-*.index"))
+    assert (run / "learning_curves.png").stat().st_size > 10_000
+    assert "epoch   2/2" in out
+    reported = float(out.split("test accuracy ")[1].split("%")[0])
+    ev = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(run)], cwd=tmp_path,
+                        capture_output=True, text=True, env=ENV,
+                        timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    measured = float(ev.stdout.split("test accuracy ")[1].split("%")[0])
+    assert measured == reported
+    assert "ckpt-20: test loss" in ev.stdout and "airplane" in ev.stdout
+    assert (run / "ckpt-20-test-confusion.csv").exists() and (run / "ckpt-20-test-confusion.png").exists()
+    confusion = pd.read_csv(run / "ckpt-20-test-confusion.csv", index_col=0)
+    assert confusion.values.sum() == 30
+    best = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(run), "--best"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=ENV)
+    assert best.returncode == 0 and "best/ckpt-" in best.stdout
+
+
+def test_resume_is_exact(tmp_path, data):
+    """14 steps straight vs 7 steps (mid-epoch), a new process, restore, 7 more: the same bits."""
+    common = ["--data", str(data), "--epochs", "2", "--max-steps", "14", *TINY]
+    train(tmp_path, "--run-name", "straight", *common)
+    half = train(tmp_path, "--run-name", "halves", *common[:-len(TINY)], *TINY, "--max-steps", "7")
+    assert "stopped (--max-steps 7) at step 7 of 20" in half.stdout
+    train(tmp_path, "--run-name", "halves", "--resume", "--max-steps", "14", "--data", str(data))
+    root = tmp_path / "checkpoints"
+    assert_same_weights(root / "straight" / "ckpt-14", root / "halves" / "ckpt-14")
+    a, b = (pd.read_csv(root / r / "history.csv") for r in ("straight", "halves"))
+    cols = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])  # the epoch that straddled the stop reports the same
+
+
+def test_train_step_traces_once(data):
+    from lowlevel import cifar10, pipeline
+    from lowlevel.config import Config
+    from lowlevel.train import Trainer
+    d = cifar10.load(data)
+    cfg = Config(alpha=0.125, batch_size=8, epochs=2)
+    batches = pipeline.Batches(d.train_images, d.train_labels, pipeline.Normalization.of(d.train_images), 8)
+    trainer = Trainer(cfg, batches)
+    for epoch, n in [(0, 3), (0, 5), (1, 2), (1, 1)]:
+        trainer.train_steps(batches.order(epoch), tf.constant(n))
+    assert trainer.step == 11
+    assert trainer.train_steps.experimental_get_tracing_count() == 1
+
+
+def test_sigint_saves_and_resume_completes_without_gaps(tmp_path, data):
+    args = ["--data", str(data), "--run-name", "s", "--epochs", "30", *TINY]
+    env = ENV
+    proc = subprocess.Popen([sys.executable, "-m", "lowlevel.train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "checkpoints" / "s"
+    deadline = time.time() + 300
+    while not (run / "history.csv").exists() or len(pd.read_csv(run / "history.csv")) < 2:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "SIGINT: saving a checkpoint" in err and "Traceback" not in err
+    assert "--resume" in out
+    stopped = len(pd.read_csv(run / "history.csv"))
+    assert stopped < 30
+    train(tmp_path, "--run-name", "s", "--resume", "--data", str(data))
+    history = pd.read_csv(run / "history.csv")
+    assert history.epoch.tolist() == list(range(1, 31))  # no gap, no duplicate
+
+
+def test_sigkill_leaves_a_restorable_checkpoint(tmp_path, data):
+    """Killed at whatever moment (a save included): resume from the last whole checkpoint ends on the same bits."""
+    common = ["--data", str(data), "--epochs", "6", *TINY]
+    train(tmp_path, "--run-name", "straight", *common)
+    env = ENV
+    proc = subprocess.Popen([sys.executable, "-m", "lowlevel.train", "--run-name", "killed", *common], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "checkpoints" / "killed"
+    deadline = time.time() + 300
+    while not list(run.glob("ckpt-20.index")):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run / "ckpt-9999_temp").mkdir(exist_ok=True)  # what a kill inside a save leaves behind
+    train(tmp_path, "--run-name", "killed", "--resume", "--data", str(data))
+    root = tmp_path / "checkpoints"
+    assert_same_weights(root / "straight" / "ckpt-60", run / "ckpt-60")
+    assert pd.read_csv(run / "history.csv").epoch.tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def _one_error(result, *phrases):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    for p in phrases:
+        assert p in lines[0]
+
+
+def test_user_errors_are_one_sentence(tmp_path, data):
+    _one_error(train(tmp_path, "--data", str(tmp_path / "nowhere"), check=False), "nowhere: no such folder")
+    (tmp_path / "afile").write_text("x")
+    _one_error(train(tmp_path, "--data", str(data), "--checkpoint-dir", str(tmp_path / "afile" / "sub"), check=False),
+               "cannot write there", "--checkpoint-dir")
+    _one_error(train(tmp_path, "--data", str(data), "--epochs", "0", check=False), "--epochs must be greater than 0")
+    train(tmp_path, "--data", str(data), "--run-name", "x", "--epochs", "1", "--max-steps", "2", *TINY)
+    _one_error(train(tmp_path, "--data", str(data), "--run-name", "x", check=False), "already holds a run",
+               "--resume")
+    _one_error(train(tmp_path, "--run-name", "x", "--resume", "--alpha", "0.25", check=False),
+               "the run was made with --alpha 0.125, not 0.25")
+    _one_error(train(tmp_path, "--run-name", "nope", "--resume", check=False), "is not a run folder")
+    (tmp_path / "checkpoints" / "x" / "checkpoint").write_text("garbage {{{")
+    _one_error(train(tmp_path, "--run-name", "x", "--resume", check=False), "checkpoint list is missing or unreadable")
+
+
+def test_incompatible_checkpoint_is_one_sentence(tmp_path, data):
+    train(tmp_path, "--data", str(data), "--run-name", "y", "--epochs", "1", "--max-steps", "2", *TINY)
+    cfg_path = tmp_path / "checkpoints" / "y" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["alpha"] = 0.25  # as if config.json and the checkpoint came from different runs
+    cfg_path.write_text(json.dumps(cfg))
+    _one_error(train(tmp_path, "--run-name", "y", "--resume", check=False), "cannot be restored")
+    env = ENV
+    ev = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(cfg_path.parent),
+                         "--data", str(data)], capture_output=True, text=True, env=env, timeout=300)
+    _one_error(ev, "cannot be restored")
+    for target in (tmp_path / "checkpoints" / "missing", cfg_path.parent / "ckpt-77"):
+        ev = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(target)],
+                            capture_output=True, text=True, env=env, timeout=300)
+        _one_error(ev, str(target))
+
+
+def test_nan_loss_stops_with_one_sentence(tmp_path, data):
+    result = train(tmp_path, "--data", str(data), "--run-name", "n", "--epochs", "3", *TINY, "--lr", "1e30",
+                   "--warmup-epochs", "0", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    err = result.stderr.strip().splitlines()[-1]
+    assert "the training loss became" in err and "last good checkpoint" in err
