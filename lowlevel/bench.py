@@ -6,6 +6,8 @@ Measured in one run, on the same machine, on random data of CIFAR's shape:
     gather, augment, forward, backward, update), and its inference;
   * the same network built from Keras layers, trained with `model.fit` and run
     with `model.predict` at the same batch size: the reference;
+  * the input pipeline alone (gather, crop + flip, normalize), which must
+    outrun the training step many times over;
   * this machine's float32 `tf.matmul` throughput (the compute limit) and the
     network's training FLOPs per image (6 x its multiply-adds: 2 FLOPs per
     multiply-add, backward about twice forward), giving the fraction of the
@@ -88,6 +90,26 @@ def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int) -> t
     return batch * steps / train_s, batch * steps / infer_s
 
 
+def pipeline_throughput(batch: int, steps: int, repeats: int) -> float:
+    """Images/s of the input pipeline alone: gather, crop + flip, normalize, `steps` batches per call."""
+    from lowlevel import pipeline
+
+    images, labels = random_images(batch * steps)
+    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0)
+    order = batches.order(0)
+
+    @tf.function
+    def run(n):
+        acc = tf.constant(0.0)
+        for step in tf.range(n):
+            x, _ = batches.train_batch(order, step)
+            acc += x[0, 0, 0, 0]  # use the batch, so it is computed
+        return acc
+
+    float(run(tf.constant(1)))
+    return batch * steps / best_time(lambda: float(run(tf.constant(steps))), repeats)
+
+
 def keras_model(alpha: float):
     """The same architecture from stock Keras layers (stem stride 1, as lowlevel's CIFAR default)."""
     import keras
@@ -143,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     madds = summary.totals(summary.rows(MobileNetV1(alpha=args.alpha))).madds
     flops = 6 * madds  # training: forward 2 FLOPs per multiply-add, backward about twice that
     peak = matmul_gflops(512 if args.quick else 2048, reps=2 if args.quick else 10, repeats=args.repeats)
+    feed = pipeline_throughput(args.batch_size, max(args.steps, 10), args.repeats)
     ours = lowlevel_throughput(args.batch_size, args.alpha, args.steps, args.repeats)
     ref = keras_throughput(args.batch_size, args.alpha, args.steps, args.repeats)
     result = {
@@ -153,12 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         "infer_speedup_vs_keras": round(ours[1] / ref[1], 3),
         "matmul_gflops": round(peak, 1), "train_flops_per_image": flops,
         "compute_fraction": round(flops * ours[0] / (peak * 1e9), 3),
+        "pipeline_images_per_s": round(feed, 1),
     }
     print(f"MobileNet v1, alpha {args.alpha:g}, batch {args.batch_size}, 32x32, {args.steps} steps per timed call, "
           f"best of {args.repeats}")
     print(f"{'':<24s} {'lowlevel':>12s} {'Keras':>12s} {'ratio':>8s}")
     print(f"{'training images/s':<24s} {ours[0]:12.1f} {ref[0]:12.1f} {ours[0] / ref[0]:7.2f}x")
     print(f"{'inference images/s':<24s} {ours[1]:12.1f} {ref[1]:12.1f} {ours[1] / ref[1]:7.2f}x")
+    print(f"{'input pipeline images/s':<24s} {feed:12.1f} {'':>12s} {feed / ours[0]:7.0f}x the training step")
     print(f"float32 matmul peak {peak:.1f} GFLOP/s; training {flops / 1e6:.1f} MFLOP per image; "
           f"lowlevel reaches {100 * result['compute_fraction']:.1f}% of the peak")
     print(json.dumps(result))

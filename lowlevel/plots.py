@@ -23,10 +23,11 @@ def learning_curves(run: str | Path) -> Path:
     h = pd.read_csv(run / "history.csv")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(h.epoch, h.train_loss, label="train (with label smoothing)")
-    ax_loss.plot(h.epoch, h.val_loss, label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.plot(h.epoch, 100 * h.train_accuracy, label="train (augmented)")
-    ax_acc.plot(h.epoch, 100 * h.val_accuracy, label="validation")
+    if h.val_accuracy.notna().any():  # a run with --val-size 0 has no validation curve
+        ax_loss.plot(h.epoch, h.val_loss, label="validation")
+        ax_acc.plot(h.epoch, 100 * h.val_accuracy, label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
