@@ -145,6 +145,51 @@ def keras_throughput(batch: int, alpha: float, steps: int, repeats: int) -> tupl
     return batch * steps / train_s, batch * steps / infer_s
 
 
+def profile_by_op(batch: int, alpha: float, steps: int) -> list[tuple[str, float]]:
+    """Milliseconds per training step spent in each op type, from TensorFlow's step statistics.
+
+    The step is built in a TF1-style graph, where a session can trace every kernel
+    (`RunOptions.FULL_TRACE`); the kernels are the ones the compiled step runs.  Times
+    of kernels that ran in parallel add up, so the total exceeds the wall time.
+    Call it in a fresh process: it turns eager execution off.
+    """
+    import collections
+
+    from lowlevel import optim
+    from lowlevel.mobilenet import MobileNetV1
+    from lowlevel.train import cross_entropy
+
+    tf.compat.v1.disable_eager_execution()
+    graph = tf.compat.v1.get_default_graph()
+    model = MobileNetV1(alpha=alpha)
+    params = model.trainable_variables
+    opt = optim.SGD(params, optim.Constant(0.05), weight_decay=5e-4)
+    x = tf.random.normal([batch, 32, 32, 3])
+    y = tf.random.uniform([batch], 0, 10, tf.int32)
+    with tf.GradientTape() as tape:
+        loss = cross_entropy(model(x, training=True), y, 0.1)
+    before = len(graph.get_operations())
+    opt.apply(tape.gradient(loss, params), params)
+    updates = [op for op in graph.get_operations() if op.type.startswith("Assign")
+               and (graph.get_operations().index(op) >= before or "moving" in op.name)
+               and "Initializer" not in op.name]
+    step = tf.group(*updates)
+    sess = tf.compat.v1.Session()
+    sess.run(tf.compat.v1.global_variables_initializer())
+    sess.run(step)  # warm up
+    totals: collections.Counter = collections.Counter()
+    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+    for _ in range(steps):
+        meta = tf.compat.v1.RunMetadata()
+        sess.run(step, options=options, run_metadata=meta)
+        for device in meta.step_stats.dev_stats:
+            for node in device.node_stats:
+                label = node.timeline_label
+                op = label.split("=")[1].split("(")[0].strip() if "=" in label else node.node_name
+                totals[op.replace("_MklNative", "").replace("_Mkl", "")] += node.op_end_rel_micros
+    return [(op, us / steps / 1000) for op, us in totals.most_common()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lowlevel.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
@@ -152,12 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="steps per timed call (default 20)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls; the fastest counts (default 3)")
     ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run: alpha 0.25, batch 16, 2 steps")
+    ap.add_argument("--profile", action="store_true", help="instead: milliseconds per training step by op type")
     args = ap.parse_args(argv)
     if args.quick:
         args.alpha, args.batch_size, args.steps, args.repeats = 0.25, 16, 2, 1
     if min(args.batch_size, args.steps, args.repeats) < 1 or not args.alpha > 0:
         print("error: --batch-size, --steps and --repeats must be at least 1 and --alpha above 0.", file=sys.stderr)
         return 2
+
+    if args.profile:
+        table = profile_by_op(args.batch_size, args.alpha, args.repeats)
+        total = sum(ms for _, ms in table)
+        print(f"training step by op type, alpha {args.alpha:g}, batch {args.batch_size}, mean of {args.repeats} "
+              f"traced steps (kernels running in parallel add up)")
+        for op, ms in table[:15]:
+            print(f"{op:<44s} {ms:8.1f} ms {100 * ms / total:6.1f}%")
+        return 0
 
     from lowlevel import summary
     from lowlevel.mobilenet import MobileNetV1

@@ -38,3 +38,12 @@ def test_flops_per_image_matches_the_notes():
     from lowlevel import summary
     from lowlevel.mobilenet import MobileNetV1
     assert abs(6 * summary.totals(summary.rows(MobileNetV1())).madds - 278e6) / 278e6 < 0.01
+
+
+def test_profile_by_op_type():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--profile", "--quick"], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ops = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert "Conv2DBackpropFilter" in ops and "DepthwiseConv2dNative" in ops and "FusedBatchNormV3" in ops
