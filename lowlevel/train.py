@@ -381,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, cifar10.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C
+        print("stopped at once, without saving; --resume continues from the last checkpoint.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

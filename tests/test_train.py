@@ -195,3 +195,26 @@ def test_nan_loss_stops_with_one_sentence(tmp_path, data):
     assert result.returncode == 1, result.stdout + result.stderr[-2000:]
     err = result.stderr.strip().splitlines()[-1]
     assert "the training loss became" in err and "last good checkpoint" in err
+
+
+
+def test_second_sigint_stops_at_once_without_a_traceback(monkeypatch, capsys, data, tmp_path):
+    from lowlevel import train as train_module
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = train_module._Stop()
+        stop._handle(signal.SIGINT, None)  # the first: remembered, training goes on to a save
+        assert stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)  # the second: stop now
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "fit", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert train_module.main(["--data", str(data), "--run-name", "k"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().endswith("stopped at once, without saving; --resume continues from the last checkpoint.")
