@@ -7,6 +7,13 @@ One module per concept (see README.md):
     layers    Conv2D, DepthwiseConv2D, BatchNorm, Dense as tf.Modules
     mobilenet MobileNetV1, the architecture as a table
     summary   per-layer parameters and multiply-adds, counted from shapes
+    optim     hand-written SGD and Adam, weight decay, learning-rate schedules
+    config    the training configuration: defaults, CLI flags and config.json
+    train     python -m lowlevel.train: the compiled step, checkpoints, resume
+    evaluate  python -m lowlevel.evaluate: test accuracy, per class, confusion matrix
+    plots     learning curves and confusion matrix (matplotlib)
+    bench     python -m lowlevel.bench: throughput against Keras (imports Keras)
+    data      python -m lowlevel.data: download or check CIFAR-10
 
 This file imports nothing, so `python -m lowlevel.data` starts without TensorFlow.
 """

@@ -170,9 +170,9 @@ def profile_by_op(batch: int, alpha: float, steps: int) -> list[tuple[str, float
         loss = cross_entropy(model(x, training=True), y, 0.1)
     before = len(graph.get_operations())
     opt.apply(tape.gradient(loss, params), params)
-    updates = [op for op in graph.get_operations() if op.type.startswith("Assign")
-               and (graph.get_operations().index(op) >= before or "moving" in op.name)
-               and "Initializer" not in op.name]
+    # the step = the optimizer's updates and the batch-norm moving-average updates
+    updates = [op for i, op in enumerate(graph.get_operations()) if op.type.startswith("Assign")
+               and (i >= before or "moving" in op.name) and "Initializer" not in op.name]
     step = tf.group(*updates)
     sess = tf.compat.v1.Session()
     sess.run(tf.compat.v1.global_variables_initializer())

@@ -16,17 +16,22 @@ def _grads(step):
     return [tf.constant(rng.normal(size=(2, 2)).astype(np.float32)), tf.constant(rng.normal(size=2).astype(np.float32))]
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_sgd_matches_keras(nesterov):
-    ours, ref = _vars(), _vars()
-    opt = optim.SGD(ours, optim.Constant(0.05), momentum=0.9, nesterov=nesterov)
-    keras_opt = keras.optimizers.SGD(0.05, momentum=0.9, nesterov=nesterov)
-    for step in range(5):
+def _assert_same_as_keras(opt, ours, keras_opt, ref, steps=5):
+    """Feed the same gradients to both optimizers; the variables must agree to 1e-6."""
+    for step in range(steps):
         g = _grads(step)
         opt.apply(g, ours)
         keras_opt.apply_gradients(zip(g, ref))
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_matches_keras(nesterov):
+    ours, ref = _vars(), _vars()
+    opt = optim.SGD(ours, optim.Constant(0.05), momentum=0.9, nesterov=nesterov)
+    keras_opt = keras.optimizers.SGD(0.05, momentum=0.9, nesterov=nesterov)
+    _assert_same_as_keras(opt, ours, keras_opt, ref)
     assert int(opt.iterations.numpy()) == 5
 
 
@@ -59,12 +64,7 @@ def test_adam_matches_keras(weight_decay):
     opt = optim.Adam(ours, optim.Constant(0.01), weight_decay=weight_decay, decay_mask=[True, True])
     keras_opt = (keras.optimizers.AdamW(0.01, weight_decay=weight_decay) if weight_decay
                  else keras.optimizers.Adam(0.01))
-    for step in range(5):
-        g = _grads(step)
-        opt.apply(g, ours)
-        keras_opt.apply_gradients(zip(g, ref))
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    _assert_same_as_keras(opt, ours, keras_opt, ref)
 
 
 def test_adam_first_step_closed_form():

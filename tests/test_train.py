@@ -218,3 +218,18 @@ def test_second_sigint_stops_at_once_without_a_traceback(monkeypatch, capsys, da
     assert train_module.main(["--data", str(data), "--run-name", "k"]) == 130
     err = capsys.readouterr().err
     assert err.strip().endswith("stopped at once, without saving; --resume continues from the last checkpoint.")
+
+
+def test_resume_without_a_name_picks_the_latest_run(tmp_path):
+    from lowlevel.config import Config
+    from lowlevel.train import RunError, find_run
+    root = tmp_path / "checkpoints"
+    with pytest.raises(RunError, match="holds no run to resume; give --run-name"):
+        find_run(Config(checkpoint_dir=str(root), resume=True))
+    for i, name in enumerate(["old", "new"]):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text("{}")
+        os.utime(root / name / "config.json", (1_000_000 + i, 1_000_000 + i))
+    assert find_run(Config(checkpoint_dir=str(root), resume=True)).name == "new"
+    assert find_run(Config(checkpoint_dir=str(root), run_name="old", resume=True)).name == "old"
+    assert find_run(Config(checkpoint_dir=str(root))).name.startswith("run-")  # a new run gets a fresh name
