@@ -42,6 +42,8 @@ class Config:
     alpha: float = _f(1.0, "width multiplier: a layer of C channels gets max(8, int(alpha * C))")
     dropout: float = _f(0.0, "dropout rate before the classifier")
     bn_momentum: float = _f(0.99, "batch-norm moving-average momentum")
+    precision: str = _f("float32", "float32, or mixed precision with the 1x1 convolutions in bfloat16 (CPUs with "
+                                   "AVX512-BF16, recent GPUs) or float16 (GPUs; with dynamic loss scaling)")
     # the data
     augment: bool = _f(True, "random 4-pixel-padded crop and horizontal flip of training images")
     val_size: int = _f(5000, "training images held out to choose the best checkpoint (0: none)")
@@ -65,6 +67,8 @@ class Config:
             raise ConfigError(f"--optimizer must be sgd or adam, not {self.optimizer!r}.")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"--schedule must be cosine or step, not {self.schedule!r}.")
+        if self.precision not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"--precision must be float32, bfloat16 or float16, not {self.precision!r}.")
         if self.progress not in ("auto", "bar", "none"):
             raise ConfigError(f"--progress must be auto, bar or none, not {self.progress!r}.")
         for name in ("label_smoothing", "dropout", "momentum", "bn_momentum"):
@@ -79,18 +83,19 @@ class Config:
     # ------------------------------------------------------------ CLI and JSON
 
     @classmethod
-    def parser(cls) -> argparse.ArgumentParser:
+    def parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
+        """The CLI; with defaults=False, a flag not given is left out of the parsed namespace."""
         p = argparse.ArgumentParser(prog="python -m lowlevel.train",
                                     description="Train MobileNet v1 on CIFAR-10 from raw TensorFlow ops.",
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
+            default = f.default if defaults else argparse.SUPPRESS
             if f.type in ("bool", bool):
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=f.metadata["help"])
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
             else:
                 kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-                p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+                p.add_argument(flag, type=kind, default=default, help=f.metadata["help"])
         return p
 
     @classmethod
@@ -98,9 +103,8 @@ class Config:
         """The config, and the names of the flags given explicitly on the command line."""
         p = cls.parser()
         args = p.parse_args(argv)
-        defaults = p.parse_args([])
-        given = {k for k, v in vars(args).items() if v != getattr(defaults, k)}
-        return cls(**vars(args)), given
+        only_given = cls.parser(defaults=False).parse_args(argv)  # a flag left out is not in it
+        return cls(**vars(args)), set(vars(only_given))
 
     def to_json(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
