@@ -40,14 +40,14 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10, repeats: int = 3) -> float:
-    """float32 [n, n] @ [n, n], `reps` in one compiled call: 2 n^3 FLOPs each."""
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
+def matmul_gflops(n: int = 2048, reps: int = 10, repeats: int = 3, dtype=tf.float32) -> float:
+    """[n, n] @ [n, n] in `dtype`, `reps` in one compiled call: 2 n^3 FLOPs each."""
+    a = tf.cast(tf.random.normal([n, n]), dtype)
+    b = tf.cast(tf.random.normal([n, n]), dtype)
 
     @tf.function
     def run():
-        acc = tf.zeros([n, n])
+        acc = tf.zeros([n, n], dtype)
         for _ in tf.range(reps):
             acc += tf.matmul(a, b)
         return acc[0, 0]
@@ -61,7 +61,8 @@ def random_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
 
 
-def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int) -> tuple[float, float]:
+def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int,
+                        precision: str = "float32") -> tuple[float, float]:
     """(training images/s, inference images/s) of lowlevel's compiled steps."""
     from lowlevel import pipeline
     from lowlevel.config import Config
@@ -69,7 +70,7 @@ def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int) -> t
 
     images, labels = random_images(batch * (steps + 1))
     batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0)
-    trainer = Trainer(Config(alpha=alpha, batch_size=batch), batches)
+    trainer = Trainer(Config(alpha=alpha, batch_size=batch, precision=precision), batches)
     order = batches.order(0)
     n = tf.constant(steps)
     float(trainer.train_steps(order, tf.constant(1)))  # trace and warm up
@@ -129,11 +130,20 @@ def keras_model(alpha: float):
     return keras.Model(inputs, layers.Dense(10)(x))
 
 
-def keras_throughput(batch: int, alpha: float, steps: int, repeats: int) -> tuple[float, float]:
-    """(training images/s with model.fit, inference images/s with model.predict)."""
+def keras_throughput(batch: int, alpha: float, steps: int, repeats: int,
+                     precision: str = "float32") -> tuple[float, float]:
+    """(training images/s with model.fit, inference images/s with model.predict).
+
+    With a 16-bit precision Keras runs under its "mixed_bfloat16" / "mixed_float16" policy (every layer
+    computes in 16 bits; model.compile adds loss scaling for float16): like for like with lowlevel.
+    """
     import keras
 
-    model = keras_model(alpha)
+    keras.mixed_precision.set_global_policy("float32" if precision == "float32" else "mixed_" + precision)
+    try:
+        model = keras_model(alpha)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     images, labels = random_images(batch * steps)
@@ -145,7 +155,7 @@ def keras_throughput(batch: int, alpha: float, steps: int, repeats: int) -> tupl
     return batch * steps / train_s, batch * steps / infer_s
 
 
-def profile_by_op(batch: int, alpha: float, steps: int) -> list[tuple[str, float]]:
+def profile_by_op(batch: int, alpha: float, steps: int, precision: str = "float32") -> list[tuple[str, float]]:
     """Milliseconds per training step spent in each op type, from TensorFlow's step statistics.
 
     The step is built in a TF1-style graph, where a session can trace every kernel
@@ -161,7 +171,7 @@ def profile_by_op(batch: int, alpha: float, steps: int) -> list[tuple[str, float
 
     tf.compat.v1.disable_eager_execution()
     graph = tf.compat.v1.get_default_graph()
-    model = MobileNetV1(alpha=alpha)
+    model = MobileNetV1(alpha=alpha, precision=precision)
     params = model.trainable_variables
     opt = optim.SGD(params, optim.Constant(0.05), weight_decay=5e-4)
     x = tf.random.normal([batch, 32, 32, 3])
@@ -196,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed call (default 20)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls; the fastest counts (default 3)")
+    ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="lowlevel's --precision, and Keras' matching mixed policy (default float32)")
     ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run: alpha 0.25, batch 16, 2 steps")
     ap.add_argument("--profile", action="store_true", help="instead: milliseconds per training step by op type")
     args = ap.parse_args(argv)
@@ -206,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.profile:
-        table = profile_by_op(args.batch_size, args.alpha, args.repeats)
+        table = profile_by_op(args.batch_size, args.alpha, args.repeats, args.precision)
         total = sum(ms for _, ms in table)
-        print(f"training step by op type, alpha {args.alpha:g}, batch {args.batch_size}, mean of {args.repeats} "
-              f"traced steps (kernels running in parallel add up)")
+        print(f"training step by op type, alpha {args.alpha:g}, batch {args.batch_size}, {args.precision}, "
+              f"mean of {args.repeats} traced steps (kernels running in parallel add up)")
         for op, ms in table[:15]:
             print(f"{op:<44s} {ms:8.1f} ms {100 * ms / total:6.1f}%")
         return 0
@@ -219,12 +231,14 @@ def main(argv: list[str] | None = None) -> int:
 
     madds = summary.totals(summary.rows(MobileNetV1(alpha=args.alpha))).madds
     flops = 6 * madds  # training: forward 2 FLOPs per multiply-add, backward about twice that
-    peak = matmul_gflops(512 if args.quick else 2048, reps=2 if args.quick else 10, repeats=args.repeats)
+    size, reps = (512, 2) if args.quick else (2048, 10)
+    peak = matmul_gflops(size, reps, args.repeats)
+    peak16 = matmul_gflops(size, reps, args.repeats, tf.as_dtype(args.precision)) if args.precision != "float32" else 0
     feed = pipeline_throughput(args.batch_size, max(args.steps, 10), args.repeats)
-    ours = lowlevel_throughput(args.batch_size, args.alpha, args.steps, args.repeats)
-    ref = keras_throughput(args.batch_size, args.alpha, args.steps, args.repeats)
+    ours = lowlevel_throughput(args.batch_size, args.alpha, args.steps, args.repeats, args.precision)
+    ref = keras_throughput(args.batch_size, args.alpha, args.steps, args.repeats, args.precision)
     result = {
-        "batch_size": args.batch_size, "alpha": args.alpha, "steps": args.steps,
+        "batch_size": args.batch_size, "alpha": args.alpha, "steps": args.steps, "precision": args.precision,
         "train_images_per_s": round(ours[0], 1), "keras_train_images_per_s": round(ref[0], 1),
         "train_speedup_vs_keras": round(ours[0] / ref[0], 3),
         "infer_images_per_s": round(ours[1], 1), "keras_infer_images_per_s": round(ref[1], 1),
@@ -233,14 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         "compute_fraction": round(flops * ours[0] / (peak * 1e9), 3),
         "pipeline_images_per_s": round(feed, 1),
     }
-    print(f"MobileNet v1, alpha {args.alpha:g}, batch {args.batch_size}, 32x32, {args.steps} steps per timed call, "
-          f"best of {args.repeats}")
+    if peak16:
+        result[f"matmul_gflops_{args.precision}"] = round(peak16, 1)
+    print(f"MobileNet v1, alpha {args.alpha:g}, batch {args.batch_size}, 32x32, {args.precision}, {args.steps} steps "
+          f"per timed call, best of {args.repeats}")
     print(f"{'':<24s} {'lowlevel':>12s} {'Keras':>12s} {'ratio':>8s}")
     print(f"{'training images/s':<24s} {ours[0]:12.1f} {ref[0]:12.1f} {ours[0] / ref[0]:7.2f}x")
     print(f"{'inference images/s':<24s} {ours[1]:12.1f} {ref[1]:12.1f} {ours[1] / ref[1]:7.2f}x")
     print(f"{'input pipeline images/s':<24s} {feed:12.1f} {'':>12s} {feed / ours[0]:7.0f}x the training step")
     print(f"float32 matmul peak {peak:.1f} GFLOP/s; training {flops / 1e6:.1f} MFLOP per image; "
           f"lowlevel reaches {100 * result['compute_fraction']:.1f}% of the peak")
+    if peak16:
+        print(f"{args.precision} matmul peak {peak16:.1f} GFLOP/s; lowlevel reaches "
+              f"{100 * flops * ours[0] / (peak16 * 1e9):.1f}% of it")
     print(json.dumps(result))
     return 0
 

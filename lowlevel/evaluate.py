@@ -74,7 +74,7 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
     train_x, _, _, _ = pipeline.split_validation(data.train_images, data.train_labels, cfg.val_size)
     norm = pipeline.Normalization.of(train_x)  # the statistics the run trained with
     model = MobileNetV1(num_classes=len(data.label_names), alpha=cfg.alpha, input_size=32, stem_stride=1,
-                        dropout=cfg.dropout, bn_momentum=cfg.bn_momentum)
+                        dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, precision=cfg.precision)
     try:
         status = tf.train.Checkpoint(model=model).read(prefix)
         status.assert_existing_objects_matched().expect_partial()

@@ -59,6 +59,10 @@ BODY = (
 )
 
 
+# float32, or mixed precision with the convolutions in 16 bits
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
 def scaled(channels: int, alpha: float) -> int:
     """The width multiplier's rounding rule: max(8, int(alpha * channels))."""
     return max(8, int(alpha * channels))
@@ -68,12 +72,12 @@ class SeparableBlock(tf.Module):
     """x [B, H, W, C_in] -> [B, H/s, W/s, C_in] (depthwise) -> [B, H/s, W/s, C_out] (pointwise)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, bn_momentum: float, fused_bn: bool,
-                 name: str | None = None):
+                 compute_dtype=None, name: str | None = None):
         super().__init__(name=name)
         with self.name_scope:
             self.depthwise = DepthwiseConv2D(in_channels, 3, stride, name="depthwise")
             self.bn_depthwise = BatchNorm(in_channels, bn_momentum, fused=fused_bn, name="bn_depthwise")
-            self.pointwise = Conv2D(in_channels, out_channels, 1, name="pointwise")
+            self.pointwise = Conv2D(in_channels, out_channels, 1, compute_dtype=compute_dtype, name="pointwise")
             self.bn_pointwise = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_pointwise")
 
     def __call__(self, x, training: bool):
@@ -85,10 +89,10 @@ class StandardBlock(tf.Module):
     """The same shapes as a SeparableBlock with one full 3x3 convolution: [B, H, W, C_in] -> [B, H/s, W/s, C_out]."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, bn_momentum: float, fused_bn: bool,
-                 name: str | None = None):
+                 compute_dtype=None, name: str | None = None):
         super().__init__(name=name)
         with self.name_scope:
-            self.conv = Conv2D(in_channels, out_channels, 3, stride, name="conv")
+            self.conv = Conv2D(in_channels, out_channels, 3, stride, compute_dtype=compute_dtype, name="conv")
             self.bn = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn")
 
     def __call__(self, x, training: bool):
@@ -105,15 +109,21 @@ class MobileNetV1(tf.Module):
     dropout: rate before the classifier, in training only.
     standard: full 3x3 convolutions instead of depthwise-separable blocks.
     bn_momentum, fused_bn: passed to every BatchNorm.
+    precision: "float32", or "bfloat16" / "float16" for mixed precision: the 1x1
+    (and standard 3x3) convolutions multiply in that dtype, everything else and
+    every variable stay float32 (see layers.py).
     """
 
     def __init__(self, num_classes: int = 10, alpha: float = 1.0, input_size: int = 32, stem_stride: int = 1,
                  dropout: float = 0.0, standard: bool = False, bn_momentum: float = 0.99, fused_bn: bool = True,
-                 name: str | None = "mobilenet_v1"):
+                 precision: str = "float32", name: str | None = "mobilenet_v1"):
         super().__init__(name=name)
         _check(num_classes, alpha, input_size, stem_stride, dropout)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
         self.num_classes, self.alpha, self.input_size, self.stem_stride = num_classes, alpha, input_size, stem_stride
-        self.dropout_rate, self.standard = dropout, standard
+        self.dropout_rate, self.standard, self.precision = dropout, standard, precision
+        compute = tf.as_dtype(precision)
         Block = StandardBlock if standard else SeparableBlock
         with self.name_scope:
             c = scaled(STEM.channels, alpha)
@@ -122,7 +132,7 @@ class MobileNetV1(tf.Module):
             self.blocks = []
             for i, row in enumerate(BODY):
                 out = scaled(row.channels, alpha)
-                self.blocks.append(Block(c, out, row.stride, bn_momentum, fused_bn, name=f"block_{i}"))
+                self.blocks.append(Block(c, out, row.stride, bn_momentum, fused_bn, compute, name=f"block_{i}"))
                 c = out
             self.classifier = Dense(c, num_classes, name="classifier")
 

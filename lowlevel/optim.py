@@ -12,6 +12,10 @@ i.e. the weights of convolutions (regular, depthwise, pointwise) and of the
 classifier.  Batch-norm gamma and beta and the biases are not decayed: they
 scale and shift, and pulling them to zero only fights the normalization.
 `decays(variables)` applies the rule; pass your own mask to change it.
+
+`skip()` counts an update without applying it: the float16 training step calls
+it instead of `apply` when its gradients overflowed (`LossScale`), so that the
+step counter, which also picks the batch and the learning rate, still advances.
 """
 from __future__ import annotations
 
@@ -67,7 +71,17 @@ class Constant:
 
 # ---------------------------------------------------------------- optimizers
 
-class SGD(tf.Module):
+class _Optimizer(tf.Module):
+    """What SGD and Adam share: `iterations` and `skip`."""
+
+    def skip(self) -> tf.Tensor:
+        """Count a step whose update is dropped; returns its learning rate."""
+        lr = self.schedule(self.iterations)
+        self.iterations.assign_add(1)
+        return lr
+
+
+class SGD(_Optimizer):
     """SGD with momentum mu, Nesterov optional, and L2 weight decay lambda:
 
         g <- g + lambda * w                  (decayed variables only)
@@ -102,7 +116,7 @@ class SGD(tf.Module):
         return lr
 
 
-class Adam(tf.Module):
+class Adam(_Optimizer):
     """Adam (Kingma and Ba 2015) as Keras computes it, with decoupled weight decay (AdamW):
 
         w <- w - lr * lambda * w             (decayed variables only; Loshchilov and Hutter 2019)
@@ -138,3 +152,37 @@ class Adam(tf.Module):
             w.assign_sub(step_size * m / (tf.sqrt(v) + self.epsilon))
         self.iterations.assign_add(1)
         return lr
+
+
+class LossScale(tf.Module):
+    """Dynamic loss scaling for float16 training (Micikevicius et al. 2018, "Mixed Precision Training").
+
+    float16 gradients smaller than 6e-8 flush to zero.  The step multiplies the
+    loss by S before the backward pass, so every gradient is S times larger, and
+    divides the float32 gradients by S afterwards:
+
+        grads = gradient(S * loss) / S
+        all finite:  apply; after `period` finite steps in a row, S <- 2 S
+        otherwise:   skip the update (overflow: S was too big);  S <- max(S / 2, 1)
+
+    S starts at 2^15 and `period` is 2000, Keras' LossScaleOptimizer defaults.
+    bfloat16 has float32's exponent range and needs none of this.
+    """
+
+    def __init__(self, initial: float = 2.0 ** 15, period: int = 2000, name: str = "loss_scale"):
+        super().__init__(name=name)
+        self.period = period
+        with self.name_scope:
+            self.scale = tf.Variable(initial, dtype=tf.float32, trainable=False, name="scale")
+            self.finite_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="finite_steps")
+
+    def unscale(self, grads) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """(grads / S, whether all are finite), and S updated for the next step."""
+        grads = [g / self.scale for g in grads]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        count = tf.where(finite, self.finite_steps + 1, 0)
+        grow = count >= self.period
+        self.scale.assign(tf.where(finite, tf.where(grow, 2.0 * self.scale, self.scale),
+                                   tf.maximum(self.scale / 2.0, 1.0)))
+        self.finite_steps.assign(tf.where(grow, tf.constant(0, tf.int64), count))
+        return grads, finite

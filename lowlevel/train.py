@@ -61,7 +61,8 @@ class Trainer(tf.Module):
         self.cfg, self.train = cfg, train
         tf.random.set_seed(cfg.seed)  # the initial weights
         self.model = MobileNetV1(num_classes=num_classes, alpha=cfg.alpha, input_size=train.images.shape[1],
-                                 stem_stride=1, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum)
+                                 stem_stride=1, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum,
+                                 precision=cfg.precision)
         spe = train.steps_per_epoch
         total, warmup = cfg.epochs * spe, int(cfg.warmup_epochs * spe)
         if cfg.schedule == "cosine":
@@ -80,15 +81,18 @@ class Trainer(tf.Module):
         self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
         self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # seconds of training and eval
         self.seed = tf.Variable(cfg.seed, dtype=tf.int64, trainable=False)
+        self.loss_scale = optim.LossScale() if cfg.precision == "float16" else None
 
     @property
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
     def checkpoint(self) -> tf.train.Checkpoint:
+        extra = {"loss_scale": self.loss_scale} if self.loss_scale else {}
         return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch_loss=self.epoch_loss,
                                    epoch_correct=self.epoch_correct, epoch_seen=self.epoch_seen,
-                                   best_val_accuracy=self.best_val_accuracy, elapsed=self.elapsed, seed=self.seed)
+                                   best_val_accuracy=self.best_val_accuracy, elapsed=self.elapsed, seed=self.seed,
+                                   **extra)
 
     @tf.function
     def train_steps(self, order, n) -> tf.Tensor:
@@ -97,11 +101,17 @@ class Trainer(tf.Module):
         for _ in tf.range(n):
             step = self.optimizer.iterations
             x, y = self.train.train_batch(order, step)  # [B, 32, 32, 3] float32, [B] int32
+            params = self.model.trainable_variables
             with tf.GradientTape() as tape:
                 logits = self.model(x, training=True, seed=pipeline.dropout_key(self.cfg.seed, step))  # [B, K]
                 loss = cross_entropy(logits, y, self.cfg.label_smoothing)
-            grads = tape.gradient(loss, self.model.trainable_variables)
-            lr = self.optimizer.apply(grads, self.model.trainable_variables)
+                scaled = loss * self.loss_scale.scale if self.loss_scale else loss
+            grads = tape.gradient(scaled, params)
+            if self.loss_scale:  # float16: drop the update if the scaled gradients overflowed
+                grads, finite = self.loss_scale.unscale(grads)
+                lr = tf.cond(finite, lambda: self.optimizer.apply(grads, params), self.optimizer.skip)
+            else:
+                lr = self.optimizer.apply(grads, params)
             b = tf.shape(y, out_type=tf.int64)[0]
             self.epoch_loss.assign_add(tf.cast(loss, tf.float64) * tf.cast(b, tf.float64))
             self.epoch_correct.assign_add(tf.reduce_sum(tf.cast(tf.argmax(logits, -1, tf.int32) == y, tf.int64)))
@@ -279,6 +289,9 @@ class Loop:
         self.bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
         print(f"run {run}: {self.train.n} training and {len(val_x)} validation images, {self.spe} steps per "
               f"epoch, {self.trainer.step} of {self.total} steps done", flush=True)
+        if cfg.precision == "float16" and not tf.config.list_physical_devices("GPU"):
+            print("note: float16 is for GPUs; on a CPU its convolutions fall back to slow kernels "
+                  "(--precision bfloat16 is the CPU's 16-bit type)", flush=True)
 
     def save(self, on_best: bool = False) -> None:
         try:

@@ -9,12 +9,14 @@ import pytest
 from lowlevel import bench
 
 
-def test_quick_benchmark_prints_the_json_last():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_quick_benchmark_prints_the_json_last(precision):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--quick"], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--quick", "--precision", precision],
+                            capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["precision"] == precision
     for key in ("train_images_per_s", "keras_train_images_per_s", "train_speedup_vs_keras", "infer_images_per_s",
                 "keras_infer_images_per_s", "infer_speedup_vs_keras", "matmul_gflops", "train_flops_per_image",
                 "compute_fraction", "pipeline_images_per_s"):

@@ -171,3 +171,30 @@ def test_functions():
     assert abs((a == 0).mean() - 0.25) < 0.01
     with pytest.raises(ValueError, match="momentum must be in"):
         BatchNorm(3, momentum=1.0)
+
+
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16])
+def test_conv2d_mixed_precision_multiplies_in_16_bits(dtype):
+    """A 1x1 convolution (MobileNet's pointwise, the one mixed precision uses): float32 in and out; the product
+    is the convolution of 16-bit-rounded x and W to within a 16-bit step or so at the outputs' scale (the
+    CPU kernels round their sums along the way, so small outputs do not get a 16-bit relative error)."""
+    full = Conv2D(64, 6, 1, 1)
+    half = Conv2D(64, 6, 1, 1, compute_dtype=dtype)
+    half.kernel.assign(full.kernel)
+    x = _x([2, 5, 5, 64])
+    with tf.GradientTape() as tape:
+        y = half(x)
+        loss = tf.reduce_sum(y * y)
+    grad = tape.gradient(loss, half.kernel)
+    assert y.dtype == tf.float32 and half.kernel.dtype == tf.float32 and grad.dtype == tf.float32
+    rounded = Conv2D(64, 6, 1, 1)
+    rounded.kernel.assign(tf.cast(tf.cast(full.kernel, dtype), tf.float32))
+    expected = rounded(tf.cast(tf.cast(x, dtype), tf.float32)).numpy()
+    # steps: the spacing of 16-bit numbers just above 1, times how many steps the sum may drift
+    step = 2.0 ** -7 if dtype == tf.bfloat16 else 4 * 2.0 ** -10
+    np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=step * np.abs(expected).max())
+    assert not np.array_equal(y.numpy(), full(x).numpy())  # it really did round
+    with tf.GradientTape() as tape:
+        loss_full = tf.reduce_sum(full(x) ** 2)
+    expected = tape.gradient(loss_full, full.kernel).numpy()
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=0, atol=4 * step * np.abs(expected).max())

@@ -112,3 +112,33 @@ def test_decay_mask_rule():
     assert "mobilenet_v1/classifier/kernel:0" in decayed
     assert not any("gamma" in n or "beta" in n or "bias" in n for n in decayed)
     assert len(decayed) == 1 + 2 * 13 + 1
+
+
+def test_loss_scale_closed_form():
+    """Finite: divide by S, grow x2 after `period` finite steps.  Overflow: report it, halve S, restart the count."""
+    ls = optim.LossScale(initial=8.0, period=3)
+    for step in range(3):
+        grads, finite = ls.unscale([tf.constant([16.0, -4.0])])
+        np.testing.assert_array_equal(grads[0].numpy(), [2.0, -0.5])
+        assert bool(finite) and float(ls.scale.numpy()) == (8.0 if step < 2 else 16.0)
+    assert int(ls.finite_steps.numpy()) == 0
+    ls.unscale([tf.constant([1.0])])
+    grads, finite = ls.unscale([tf.constant([1.0]), tf.constant([np.inf])])
+    assert not bool(finite) and float(ls.scale.numpy()) == 8.0 and int(ls.finite_steps.numpy()) == 0
+    small = optim.LossScale(initial=1.0)
+    small.unscale([tf.constant([np.nan])])
+    assert float(small.scale.numpy()) == 1.0  # never below 1
+
+
+@pytest.mark.parametrize("make", [lambda v, s: optim.SGD(v, s, weight_decay=0.1),
+                                  lambda v, s: optim.Adam(v, s, weight_decay=0.1)])
+def test_skip_counts_the_step_and_changes_nothing(make):
+    ours = _vars()
+    opt = make(ours, optim.StepDecay(0.1, [1], 0.5))
+    opt.apply(_grads(0), ours)
+    state = ours + [v for v in opt.variables if v is not opt.iterations]  # variables and slots
+    before = [v.numpy() for v in state]
+    assert float(opt.skip()) == pytest.approx(0.05)  # the learning rate of step 1
+    assert int(opt.iterations.numpy()) == 2 and len(state) == 2 + 2 * (1 if isinstance(opt, optim.SGD) else 2)
+    for v, b in zip(state, before):
+        np.testing.assert_array_equal(v.numpy(), b)

@@ -91,18 +91,59 @@ def test_resume_is_exact(tmp_path, data):
     pd.testing.assert_frame_equal(a[cols], b[cols])  # the epoch that straddled the stop reports the same
 
 
-def test_train_step_traces_once(data):
+def _trainer(data, **kw):
     from lowlevel import cifar10, pipeline
     from lowlevel.config import Config
     from lowlevel.train import Trainer
     d = cifar10.load(data)
-    cfg = Config(alpha=0.125, batch_size=8, epochs=2)
+    cfg = Config(alpha=0.125, batch_size=8, epochs=2, **kw)
     batches = pipeline.Batches(d.train_images, d.train_labels, pipeline.Normalization.of(d.train_images), 8)
-    trainer = Trainer(cfg, batches)
+    return Trainer(cfg, batches), batches
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "float16"])
+def test_train_step_traces_once(data, precision):
+    trainer, batches = _trainer(data, precision=precision)
     for epoch, n in [(0, 3), (0, 5), (1, 2), (1, 1)]:
         trainer.train_steps(batches.order(epoch), tf.constant(n))
     assert trainer.step == 11
     assert trainer.train_steps.experimental_get_tracing_count() == 1
+    assert all(np.isfinite(v.numpy()).all() for v in trainer.model.variables)
+
+
+def test_float16_step_skips_an_overflowed_update(data):
+    """Scaled gradients that overflow: no variable or slot changes, the step still counts, the scale halves."""
+    trainer, batches = _trainer(data, precision="float16")
+    order = batches.order(0)
+    trainer.train_steps(order, tf.constant(1))
+    state = list(trainer.model.variables) + trainer.optimizer.velocity
+    before = {v.ref(): v.numpy() for v in state if v.trainable or "velocity" in v.name}
+    trainer.loss_scale.scale.assign(3e38)  # the scaled loss overflows float32
+    trainer.train_steps(order, tf.constant(1))
+    assert trainer.step == 2 and float(trainer.loss_scale.scale.numpy()) == pytest.approx(1.5e38)
+    for v in state:
+        if v.ref() in before:
+            np.testing.assert_array_equal(v.numpy(), before[v.ref()], err_msg=v.name)
+    trainer.loss_scale.scale.assign(2.0 ** 8)
+    trainer.train_steps(order, tf.constant(1))
+    assert float(trainer.loss_scale.scale.numpy()) == 2.0 ** 8  # finite: kept, and applied
+    kernel = trainer.model.blocks[0].pointwise.kernel
+    assert not np.array_equal(kernel.numpy(), before[kernel.ref()])
+
+
+def test_bfloat16_run_trains_evaluates_and_keeps_its_precision(tmp_path, data):
+    out = train(tmp_path, "--data", str(data), "--run-name", "b", "--epochs", "1", "--precision", "bfloat16",
+                *TINY).stdout
+    run = tmp_path / "checkpoints" / "b"
+    assert json.loads((run / "config.json").read_text())["precision"] == "bfloat16"
+    reported = float(out.split("test accuracy ")[1].split("%")[0])
+    ev = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(run)], cwd=tmp_path,
+                        capture_output=True, text=True, env=ENV, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert float(ev.stdout.split("test accuracy ")[1].split("%")[0]) == reported
+    again = train(tmp_path, "--run-name", "b", "--resume", "--precision", "float32", "--epochs", "1", check=False)
+    assert again.returncode == 2
+    assert "the run was made with --precision bfloat16, not float32" in again.stderr
 
 
 def test_sigint_saves_and_resume_completes_without_gaps(tmp_path, data):
