@@ -88,7 +88,7 @@ class Trainer(tf.Module):
         return int(self.optimizer.iterations.numpy())
 
     def checkpoint(self) -> tf.train.Checkpoint:
-        extra = {"loss_scale": self.loss_scale} if self.loss_scale else {}
+        extra = {"loss_scale": self.loss_scale} if self.loss_scale is not None else {}
         return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch_loss=self.epoch_loss,
                                    epoch_correct=self.epoch_correct, epoch_seen=self.epoch_seen,
                                    best_val_accuracy=self.best_val_accuracy, elapsed=self.elapsed, seed=self.seed,
@@ -105,9 +105,9 @@ class Trainer(tf.Module):
             with tf.GradientTape() as tape:
                 logits = self.model(x, training=True, seed=pipeline.dropout_key(self.cfg.seed, step))  # [B, K]
                 loss = cross_entropy(logits, y, self.cfg.label_smoothing)
-                scaled = loss * self.loss_scale.scale if self.loss_scale else loss
+                scaled = loss * self.loss_scale.scale if self.loss_scale is not None else loss
             grads = tape.gradient(scaled, params)
-            if self.loss_scale:  # float16: drop the update if the scaled gradients overflowed
+            if self.loss_scale is not None:  # float16: drop the update if the scaled gradients overflowed
                 grads, finite = self.loss_scale.unscale(grads)
                 lr = tf.cond(finite, lambda: self.optimizer.apply(grads, params), self.optimizer.skip)
             else:

@@ -17,6 +17,7 @@ def test_quick_benchmark_prints_the_json_last(precision):
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert last["precision"] == precision
+    assert (last.get("matmul_gflops_bfloat16", 0) > 0) == (precision == "bfloat16")
     for key in ("train_images_per_s", "keras_train_images_per_s", "train_speedup_vs_keras", "infer_images_per_s",
                 "keras_infer_images_per_s", "infer_speedup_vs_keras", "matmul_gflops", "train_flops_per_image",
                 "compute_fraction", "pipeline_images_per_s"):

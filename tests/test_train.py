@@ -131,6 +131,16 @@ def test_float16_step_skips_an_overflowed_update(data):
     assert not np.array_equal(kernel.numpy(), before[kernel.ref()])
 
 
+def test_float16_checkpoint_holds_the_loss_scale(tmp_path, data):
+    trainer, batches = _trainer(data, precision="float16")
+    trainer.train_steps(batches.order(0), tf.constant(1))
+    trainer.loss_scale.scale.assign(512.0)
+    path = trainer.checkpoint().write(str(tmp_path / "ckpt"))
+    fresh, _ = _trainer(data, precision="float16")
+    fresh.checkpoint().read(path).assert_consumed()
+    assert float(fresh.loss_scale.scale.numpy()) == 512.0 and fresh.step == 1
+
+
 def test_bfloat16_run_trains_evaluates_and_keeps_its_precision(tmp_path, data):
     out = train(tmp_path, "--data", str(data), "--run-name", "b", "--epochs", "1", "--precision", "bfloat16",
                 *TINY).stdout
