@@ -60,9 +60,11 @@ class Conv2D(tf.Module):
             self.kernel = tf.Variable(_he_normal(shape, kernel_size * kernel_size * in_channels), name="kernel")
             self.bias = tf.Variable(tf.zeros([out_channels]), name="bias") if use_bias else None
 
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    def __call__(self, x: tf.Tensor, kernel: tf.Tensor | None = None) -> tf.Tensor:
+        """kernel: a stand-in for self.kernel (a batch norm folded into it, see BatchNorm.fold)."""
         dtype = self.compute_dtype or x.dtype
-        y = tf.nn.conv2d(tf.cast(x, dtype), tf.cast(self.kernel, dtype), strides=self.stride,
+        kernel = self.kernel if kernel is None else kernel
+        y = tf.nn.conv2d(tf.cast(x, dtype), tf.cast(kernel, dtype), strides=self.stride,
                          padding="SAME")  # [B, H', W', C_out]
         y = tf.cast(y, x.dtype)
         return y if self.bias is None else y + tf.cast(self.bias, x.dtype)
@@ -85,9 +87,11 @@ class DepthwiseConv2D(tf.Module):
         with self.name_scope:
             self.kernel = tf.Variable(_he_normal(shape, kernel_size * kernel_size), name="kernel")
 
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    def __call__(self, x: tf.Tensor, kernel: tf.Tensor | None = None) -> tf.Tensor:
+        """kernel: a stand-in for self.kernel (a batch norm folded into it, see BatchNorm.fold)."""
         s = self.stride
-        return tf.nn.depthwise_conv2d(x, tf.cast(self.kernel, x.dtype), strides=[1, s, s, 1],
+        kernel = self.kernel if kernel is None else kernel
+        return tf.nn.depthwise_conv2d(x, tf.cast(kernel, x.dtype), strides=[1, s, s, 1],
                                       padding="SAME")  # [B, H', W', C * m]
 
 
@@ -153,6 +157,20 @@ class BatchNorm(tf.Module):
             variance=tf.constant([], tf.float32), epsilon=self.epsilon, data_format="NHWC", is_training=True)
         m = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
         return y, mean, unbiased * (m - 1.0) / m
+
+    def fold(self, kernel: tf.Tensor, depthwise: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """The convolution before this layer and its inference formula as one convolution with a bias:
+
+            BN(conv(x, W)) = conv(x, W) * s + (beta - moving_mean * s),   s = gamma / sqrt(moving_variance + eps)
+                           = conv(x, W * s) + b
+
+        s scales W's output channels: the last axis of a regular kernel [k, k, C_in, C_out]; both last
+        axes of a depthwise kernel [k, k, C, m], whose output channel c*m + q is W[..., c, q].
+        Returns (W * s, b), b [C_out]; conv + bias + relu6 then run as one fused kernel.
+        """
+        scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)  # [C_out]
+        shift = self.beta - self.moving_mean * scale  # [C_out]
+        return kernel * (tf.reshape(scale, kernel.shape[2:]) if depthwise else scale), shift
 
     def _update_moving_statistics(self, mean, variance):
         m = self.momentum

@@ -128,7 +128,7 @@ def evaluator(model, batches: pipeline.Batches):
         preds = tf.TensorArray(tf.int32, size=batches.num_eval_batches, infer_shape=False)
         for k in tf.range(batches.num_eval_batches):
             x, y = batches.eval_batch(k)
-            logits = model(x, training=False)
+            logits = model.inference(x)  # = model(x, training=False), batch norms folded
             b = tf.cast(tf.shape(y)[0], tf.float64)
             loss_sum += tf.cast(cross_entropy(logits, y), tf.float64) * b
             preds = preds.write(k, tf.argmax(logits, -1, tf.int32))

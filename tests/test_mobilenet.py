@@ -206,3 +206,35 @@ def test_mixed_precision_model_shares_the_checkpoint_and_nearly_the_outputs(tmp_
 def test_unknown_precision_is_one_sentence():
     with pytest.raises(ValueError, match=r"precision must be one of float32, bfloat16, float16, not 'half'\."):
         MobileNetV1(precision="half")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"standard": True}, {"precision": "bfloat16"}])
+def test_folded_inference_gives_the_inference_logits(kwargs):
+    """inference(x) folds every batch norm into its convolution: the same function as model(x, training=False)."""
+    model = _small(**kwargs)
+    x = tf.random.normal([6, 32, 32, 3])
+    for _ in range(3):  # move the moving statistics and the scales away from 0 and 1
+        model(x, training=True)
+    for v in model.trainable_variables:
+        if "gamma" in v.name or "beta" in v.name:
+            v.assign(v + tf.random.normal(v.shape, stddev=0.3))
+    expected, folded = model(x, training=False).numpy(), model.inference(x).numpy()
+    tolerance = 1e-5 if not kwargs.get("precision") else 0.05  # bfloat16 rounds the folded kernel too
+    np.testing.assert_allclose(folded, expected, atol=tolerance * np.abs(expected).max())
+    assert np.abs(expected).max() > 0.01
+
+
+def test_fold_is_the_formula():
+    from lowlevel.layers import BatchNorm, DepthwiseConv2D
+    bn = BatchNorm(4)
+    bn.gamma.assign([1.0, 2.0, 3.0, 4.0])
+    bn.beta.assign([0.5, 0.0, -1.0, 2.0])
+    bn.moving_mean.assign([0.1, 0.2, 0.3, 0.4])
+    bn.moving_variance.assign([1.0, 4.0, 9.0, 16.0])
+    dw = DepthwiseConv2D(2, multiplier=2)  # output channel c*2 + q is kernel[..., c, q]
+    kernel, bias = bn.fold(dw.kernel, depthwise=True)
+    s = np.array([1, 2, 3, 4]) / np.sqrt(np.array([1, 4, 9, 16]) + 1e-3)
+    np.testing.assert_allclose(kernel.numpy(), dw.kernel.numpy() * s.reshape(2, 2), rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), [0.5, 0.0, -1.0, 2.0] - np.array([0.1, 0.2, 0.3, 0.4]) * s, rtol=1e-6)
+    x = tf.random.normal([2, 5, 5, 2])
+    np.testing.assert_allclose(tf.nn.bias_add(dw(x, kernel), bias).numpy(), bn(dw(x)).numpy(), atol=1e-5)
