@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from lowlevel._tf import tf
+from lowlevel.mobilenet import PRECISIONS
 
 
 def best_time(fn, repeats: int) -> float:
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed call (default 20)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls; the fastest counts (default 3)")
-    ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+    ap.add_argument("--precision", default="float32", choices=PRECISIONS,
                     help="lowlevel's --precision, and Keras' matching mixed policy (default float32)")
     ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run: alpha 0.25, batch 16, 2 steps")
     ap.add_argument("--profile", action="store_true", help="instead: milliseconds per training step by op type")

@@ -24,11 +24,10 @@ gradients cast the other way, so the kernel gets a float32 gradient.  How the
 sums round is the kernel's business: on this CPU (oneDNN for bfloat16, Eigen
 for float16) an output is off by about one 16-bit step at the scale of the
 largest outputs, not of its own size, so the sums are rounded along the way
-(tests/test_layers.py bounds it).  Only Conv2D,
-because only it gains: on this AVX512-BF16 CPU a bfloat16 1x1 convolution's
-forward and backward run about 1.7x faster, while bfloat16 depthwise backward
-and relu6 run slower than float32 (README, "Mixed precision"), and the
-classifier is too small to matter.
+(tests/test_layers.py bounds it).  Only Conv2D, because only it gains: on this
+AVX512-BF16 CPU a bfloat16 1x1 convolution's forward and backward run about
+1.7x faster, while bfloat16 depthwise backward and relu6 run slower than
+float32 (README, "Mixed precision"), and the classifier is too small to matter.
 """
 from __future__ import annotations
 

@@ -131,6 +131,12 @@ def test_float16_step_skips_an_overflowed_update(data):
     assert not np.array_equal(kernel.numpy(), before[kernel.ref()])
 
 
+def test_float16_on_a_cpu_says_bfloat16_is_the_cpus_type(tmp_path, data):
+    out = train(tmp_path, "--data", str(data), "--run-name", "h", "--precision", "float16", "--max-steps", "1",
+                *TINY).stdout
+    assert "note: float16 is for GPUs" in out and "--precision bfloat16" in out
+
+
 def test_float16_checkpoint_holds_the_loss_scale(tmp_path, data):
     trainer, batches = _trainer(data, precision="float16")
     trainer.train_steps(batches.order(0), tf.constant(1))
