@@ -1,6 +1,7 @@
 """The benchmark's smoke run: it runs both sides and ends in the JSON line scripts read."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -48,5 +49,9 @@ def test_profile_by_op_type():
     result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--profile", "--quick"], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    ops = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    lines = result.stdout.splitlines()
+    ops = [line.split()[0] for line in lines[1:-1]]
     assert "Conv2DBackpropFilter" in ops and "DepthwiseConv2dNative" in ops and "FusedBatchNormV3" in ops
+    # one kernel at a time: the kernels' times add up to no more than the step's wall time
+    kernels_ms, wall_ms = (float(w) for w in re.findall(r"([\d.]+) ms", lines[-1]))
+    assert 0 < kernels_ms <= wall_ms
