@@ -302,13 +302,17 @@ class Loop:
             raise RunError(f"{self.run}: saving a checkpoint failed ({getattr(e, 'message', e)}); free space "
                            f"or permissions, then --resume.") from None
 
-    def train_epoch(self, stop: _Stop) -> tuple[float, float]:
-        """Train until the epoch ends, --max-steps is reached or a signal came; (last lr, seconds)."""
+    def train_epoch(self, stop: _Stop) -> tuple[float, float, int]:
+        """Train until the epoch ends, --max-steps is reached or a signal came.
+
+        Returns (last lr, seconds, images trained by this call): a resumed epoch's running sums
+        also count the images trained before the stop, which this process did not time.
+        """
         t, cfg = self.trainer, self.cfg
         epoch = t.step // self.spe
         end = min((epoch + 1) * self.spe, self.limit)
         order = self.train.order(epoch)
-        start, lr = time.perf_counter(), float("nan")
+        start, lr, before = time.perf_counter(), float("nan"), int(t.epoch_seen.numpy())
         while t.step < end and stop.signal is None:
             lr = float(t.train_steps(order, tf.constant(min(cfg.steps_per_call, end - t.step))))
             seen = int(t.epoch_seen.numpy())
@@ -321,18 +325,18 @@ class Loop:
             if self.bar:
                 acc = int(t.epoch_correct.numpy()) / max(seen, 1)
                 print(_bar(epoch + 1, cfg.epochs, t.step - epoch * self.spe, self.spe, loss, acc,
-                           seen / (time.perf_counter() - start)), end="", file=sys.stderr, flush=True)
+                           (seen - before) / (time.perf_counter() - start)), end="", file=sys.stderr, flush=True)
         if self.bar:
             print(file=sys.stderr)
-        return lr, time.perf_counter() - start
+        return lr, time.perf_counter() - start, int(t.epoch_seen.numpy()) - before
 
-    def end_epoch(self, lr: float, seconds: float) -> None:
+    def end_epoch(self, lr: float, seconds: float, images: int) -> None:
         """Validate, append to history.csv, save (and maybe save as best), print the epoch's line."""
         t = self.trainer
         start = time.perf_counter()
         seen = int(t.epoch_seen.numpy())
         row = {"epoch": t.step // self.spe, "step": t.step, "train_loss": float(t.epoch_loss.numpy()) / seen,
-               "train_accuracy": int(t.epoch_correct.numpy()) / seen, "lr": lr, "images_per_s": seen / seconds}
+               "train_accuracy": int(t.epoch_correct.numpy()) / seen, "lr": lr, "images_per_s": images / seconds}
         val_loss, val_acc, _ = self.evaluate_val() if self.evaluate_val else (float("nan"), float("nan"), None)
         t.elapsed.assign_add(seconds + time.perf_counter() - start)
         row.update(val_loss=val_loss, val_accuracy=val_acc, elapsed_s=float(t.elapsed.numpy()))
@@ -362,14 +366,14 @@ def fit(cfg: Config, run: Path, data: cifar10.CIFAR10) -> int:
     t, stop = loop.trainer, _Stop()
     while t.step < loop.limit and stop.signal is None:
         try:
-            lr, seconds = loop.train_epoch(stop)
+            lr, seconds, images = loop.train_epoch(stop)
         except FloatingPointError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         if int(t.epoch_seen.numpy()) == 0:
             continue  # a signal came before the first step of the epoch: nothing to record
         if t.step % loop.spe == 0:
-            loop.end_epoch(lr, seconds)
+            loop.end_epoch(lr, seconds, images)
         else:  # stopped within the epoch: its running sums go into the checkpoint
             t.elapsed.assign_add(seconds)
             loop.save()

@@ -91,6 +91,27 @@ def test_resume_is_exact(tmp_path, data):
     pd.testing.assert_frame_equal(a[cols], b[cols])  # the epoch that straddled the stop reports the same
 
 
+def test_a_resumed_epoch_counts_only_the_images_this_process_trained(tmp_path, data, monkeypatch):
+    """Its images/s divides the images trained since the restore by the time since the restore."""
+    from lowlevel import train as tm
+    from lowlevel.config import Config
+    train(tmp_path, "--data", str(data), "--run-name", "p", "--epochs", "1", "--max-steps", "7", *TINY)
+    monkeypatch.chdir(tmp_path)
+    cfg, explicit = Config.from_args(["--data", str(data), "--run-name", "p", "--resume", "--max-steps", "10"])
+    cfg, run = tm.prepare_run(cfg.check(), explicit)
+    loop = tm.Loop(cfg, run, tm.load_data(cfg))
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        lr, seconds, images = loop.train_epoch(tm._Stop())
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    assert loop.trainer.step == 10 and int(loop.trainer.epoch_seen.numpy()) == 80
+    assert images == 3 * 8  # steps 8-10 of 10, batch 8
+    loop.end_epoch(lr, 2.0, images)
+    assert pd.read_csv(run / "history.csv").images_per_s.tolist() == [12.0]
+
+
 def _trainer(data, **kw):
     from lowlevel import cifar10, pipeline
     from lowlevel.config import Config
