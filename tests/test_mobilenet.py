@@ -224,6 +224,16 @@ def test_folded_inference_gives_the_inference_logits(kwargs):
     assert np.abs(expected).max() > 0.01
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_inference_runs_every_convolution_in_16_bits(precision):
+    model = _small(precision=precision)
+    graph = tf.function(model.inference).get_concrete_function(tf.TensorSpec([None, 32, 32, 3])).graph
+    convs = [op for op in graph.get_operations() if op.type in ("Conv2D", "DepthwiseConv2dNative")]
+    assert len(convs) == 1 + 2 * len(model.blocks)  # the stem, then each block's depthwise and pointwise
+    assert {tf.as_dtype(op.get_attr("T")).name for op in convs} == {precision}
+    assert graph.outputs[0].dtype == tf.float32
+
+
 def test_fold_is_the_formula():
     from lowlevel.layers import BatchNorm, DepthwiseConv2D
     bn = BatchNorm(4)
