@@ -6,7 +6,7 @@ Measured in one run, on the same machine, on random data of CIFAR's shape:
     gather, augment, forward, backward, update), and its inference;
   * the same network built from Keras layers, trained with `model.fit` and run
     with `model.predict` at the same batch size: the reference;
-  * the input pipeline alone (gather, crop + flip, normalize), which must
+  * the input pipeline alone (gather, crop + flip, normalize, cutout), which must
     outrun the training step many times over;
   * this machine's float32 `tf.matmul` throughput (the compute limit) and the
     network's training FLOPs per image (6 x its multiply-adds: 2 FLOPs per
@@ -70,8 +70,9 @@ def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int,
     from lowlevel.train import Trainer
 
     images, labels = random_images(batch * (steps + 1))
-    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0)
-    trainer = Trainer(Config(alpha=alpha, batch_size=batch, precision=precision), batches)
+    cfg = Config(alpha=alpha, batch_size=batch, precision=precision)
+    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0, cutout=cfg.cutout)
+    trainer = Trainer(cfg, batches)
     order = batches.order(0)
     n = tf.constant(steps)
     float(trainer.train_steps(order, tf.constant(1)))  # trace and warm up
@@ -93,11 +94,13 @@ def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int,
 
 
 def pipeline_throughput(batch: int, steps: int, repeats: int) -> float:
-    """Images/s of the input pipeline alone: gather, crop + flip, normalize, `steps` batches per call."""
+    """Images/s of the input pipeline alone: gather, crop + flip, normalize, cutout, `steps` batches per call."""
     from lowlevel import pipeline
+    from lowlevel.config import Config
 
     images, labels = random_images(batch * steps)
-    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0)
+    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0,
+                               cutout=Config().cutout)
     order = batches.order(0)
 
     @tf.function

@@ -29,7 +29,7 @@ class Config:
                            "(with --resume: the most recent run)")
     resume: bool = _f(False, "continue the run in --run-name exactly where its last checkpoint left it")
     # the schedule
-    epochs: int = _f(40, "passes over the training images")
+    epochs: int = _f(70, "passes over the training images")
     batch_size: int = _f(128, "images per training step")
     optimizer: str = _f("sgd", "sgd (with Nesterov momentum) or adam")
     lr: float = _f(0.1, "peak learning rate, reached after the warmup")
@@ -46,6 +46,8 @@ class Config:
                                    "AVX512-BF16, recent GPUs) or float16 (GPUs; with dynamic loss scaling)")
     # the data
     augment: bool = _f(True, "random 4-pixel-padded crop and horizontal flip of training images")
+    cutout: int = _f(16, "side in pixels of the random square zeroed in each training image after "
+                         "normalization, i.e. set to the mean colour (0: no cutout)")
     val_size: int = _f(5000, "training images held out to choose the best checkpoint (0: none)")
     seed: int = _f(0, "seeds the initial weights, the shuffle, the augmentation and dropout")
     # bookkeeping
@@ -55,6 +57,9 @@ class Config:
     progress: str = _f("auto", "a progress bar within each epoch: auto (when stderr is a terminal), bar or none")
 
     # Flags that may differ between a run and its --resume; all others must match config.json.
+    # Settings added after runs were already made: a config.json without one gets the value
+    # that reproduces how that run was trained, not today's default.
+    BEFORE_ADDED = {"cutout": 0}
     RESUMABLE = ("data", "checkpoint_dir", "run_name", "resume", "max_steps", "progress", "steps_per_call")
 
     def check(self) -> "Config":
@@ -76,6 +81,8 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), not {getattr(self, name)}.")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.val_size < 0 or self.max_steps < 0:
             raise ConfigError("--weight-decay, --warmup-epochs, --val-size and --max-steps must not be negative.")
+        if not 0 <= self.cutout <= 32:
+            raise ConfigError(f"--cutout must be between 0 and 32 pixels (the image side), not {self.cutout}.")
         if not self.alpha > 0:
             raise ConfigError(f"--alpha must be greater than 0, not {self.alpha}.")
         return self
@@ -116,11 +123,11 @@ class Config:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: cannot be read as a run's config ({e}); is this a run folder?") from None
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if not isinstance(values, dict) or unknown:
+        unknown = sorted(set(values) - names) if isinstance(values, dict) else ["(not a JSON object)"]
+        if unknown:
             raise ConfigError(f"{path}: has unknown settings {unknown}; it was written by another version "
                               f"of lowlevel or edited by hand.")
-        return cls(**values)
+        return cls(**{**cls.BEFORE_ADDED, **values})
 
     def resumed_with(self, given: "Config", explicit: set[str]) -> "Config":
         """This saved config with the flags a --resume may change taken from `given`.

@@ -8,6 +8,7 @@ Every random choice is a pure function of (seed, epoch) or (seed, step):
 
     order of epoch e         = argsort(uniform(N; key = fold_in(seed, SHUFFLE, e)))
     crop and flip of step s  = uniform(...; key = fold_in(seed, AUGMENT, s))
+    cutout squares of step s = uniform(...; key = fold_in(seed, CUTOUT, s))
     dropout masks of step s  = key fold_in(seed, DROPOUT, s)
 
 so batch k of a run is the same whether or not the run was stopped and resumed,
@@ -21,7 +22,7 @@ import numpy as np
 from lowlevel._tf import tf
 
 PAD = 4  # pixels of zero padding before the random 32x32 crop
-_SHUFFLE, _AUGMENT, _DROPOUT = 1, 2, 3  # stream ids, so no two share a random key
+_SHUFFLE, _AUGMENT, _DROPOUT, _CUTOUT = 1, 2, 3, 4  # stream ids, so no two share a random key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,28 @@ def augment(images: tf.Tensor, seed, step) -> tf.Tensor:
     return tf.gather(out, cols, axis=2, batch_dims=1)  # [B, H, W, C]
 
 
+def cutout(x: tf.Tensor, size: int, seed, step) -> tf.Tensor:
+    """Cutout (DeVries and Taylor, 2017): zero one random size x size square of each image.
+
+    x: float32 [B, H, W, C], already normalized, so a zeroed pixel is the mean
+    colour -> float32 [B, H, W, C].  Each image gets its own centre (cy, cx),
+    uniform over all H x W pixels; the square covers rows cy - size//2 ..
+    cy - size//2 + size - 1 (likewise columns), clipped at the border, so a
+    square near an edge hides less:
+
+        x'[b, i, j, c] = x[b, i, j, c] * (1 - [i in rows_b and j in cols_b])
+    """
+    b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
+    # uniform in [0, H*W), so the remainders mod H and mod W are each uniform
+    centre = tf.random.stateless_uniform([b, 2], seed=_key(seed, _CUTOUT, step), maxval=h * w, dtype=tf.int32)
+    top, left = centre[:, 0:1] % h - size // 2, centre[:, 1:2] % w - size // 2  # [B, 1] each
+    i, j = tf.range(h)[None, :], tf.range(w)[None, :]  # [1, H], [1, W]
+    inside_rows = (i >= top) & (i < top + size)  # [B, H]
+    inside_cols = (j >= left) & (j < left + size)  # [B, W]
+    hidden = inside_rows[:, :, None] & inside_cols[:, None, :]  # [B, H, W]
+    return x * tf.cast(~hidden, x.dtype)[..., None]
+
+
 class Batches:
     """Training and evaluation batches from one uint8 tensor held on the device.
 
@@ -104,7 +127,7 @@ class Batches:
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, norm: Normalization,
-                 batch_size: int, seed: int = 0, augment: bool = True):
+                 batch_size: int, seed: int = 0, augment: bool = True, cutout: int = 0):
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [N, H, W, C], not {images.dtype} {list(images.shape)}.")
         if batch_size < 1:
@@ -112,7 +135,10 @@ class Batches:
         self.images = tf.constant(images)  # uint8 [N, H, W, C]
         self.labels = tf.constant(labels, tf.int32)  # [N]
         self.n = len(images)
+        if not 0 <= cutout <= min(images.shape[1:3]):
+            raise ValueError(f"--cutout must be between 0 and {min(images.shape[1:3])} pixels, not {cutout}.")
         self.norm, self.batch_size, self.seed, self.augment = norm, batch_size, seed, augment
+        self.cutout = cutout
         self.steps_per_epoch = self.n // batch_size
 
     def order(self, epoch) -> tf.Tensor:
@@ -123,14 +149,18 @@ class Batches:
         """Batch `step % steps_per_epoch` of the epoch whose order is `order`.
 
         Returns (float32 [B, H, W, C] normalized images, int32 [B] labels); the
-        augmentation is keyed by the global `step`.
+        augmentation (crop and flip, then cutout when `cutout` > 0) is keyed by
+        the global `step`.
         """
         k = tf.cast(step, tf.int32) % self.steps_per_epoch
         idx = order[k * self.batch_size:(k + 1) * self.batch_size]  # [B]
         x = tf.gather(self.images, idx)  # uint8 [B, H, W, C]
         if self.augment:
             x = augment(x, self.seed, step)
-        return self.norm(x), tf.gather(self.labels, idx)
+        x = self.norm(x)
+        if self.cutout:
+            x = cutout(x, self.cutout, self.seed, step)
+        return x, tf.gather(self.labels, idx)
 
     @property
     def num_eval_batches(self) -> int:

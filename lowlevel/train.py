@@ -266,7 +266,8 @@ class Loop:
         train_x, train_y, val_x, val_y = pipeline.split_validation(data.train_images, data.train_labels,
                                                                    cfg.val_size)
         self.norm = pipeline.Normalization.of(train_x)  # training images only
-        self.train = pipeline.Batches(train_x, train_y, self.norm, cfg.batch_size, cfg.seed, augment=cfg.augment)
+        self.train = pipeline.Batches(train_x, train_y, self.norm, cfg.batch_size, cfg.seed, augment=cfg.augment,
+                                     cutout=cfg.cutout)
         if self.train.steps_per_epoch == 0:
             raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {self.train.n} training images.")
         self.cfg, self.run, self.data = cfg, run, data

@@ -89,11 +89,12 @@ def test_train_batches_have_fixed_size_and_cover_an_epoch():
     np.testing.assert_allclose(np.concatenate(images), b.norm(tf.constant(x[idx])).numpy())
 
 
-def test_batch_k_is_the_same_in_a_fresh_pipeline():
+@pytest.mark.parametrize("cutout", [0, 4])
+def test_batch_k_is_the_same_in_a_fresh_pipeline(cutout):
     """What resume relies on: a new process rebuilds batch `step` from (seed, epoch, step) alone."""
     x, y = _images(45)
-    first = Batches(x, y, Normalization.of(x), batch_size=10, seed=5)
-    second = Batches(x, y, Normalization.of(x), batch_size=10, seed=5)
+    first = Batches(x, y, Normalization.of(x), batch_size=10, seed=5, cutout=cutout)
+    second = Batches(x, y, Normalization.of(x), batch_size=10, seed=5, cutout=cutout)
     for step in (0, 3, 6, 13):
         epoch = step // first.steps_per_epoch
         a = first.train_batch(first.order(epoch), step)
@@ -134,3 +135,63 @@ def test_compiled_batches_trace_once():
     for step in range(3):
         np.testing.assert_array_equal(crop(b.images, 1, tf.constant(step)).numpy(),
                                       pipeline.augment(b.images, 1, tf.constant(step)).numpy())
+
+
+def _covered(size, side):
+    """Mean number of rows (or columns) a clipped cutout square covers, over the `side` centres."""
+    return np.mean([min(c - size // 2 + size, side) - max(c - size // 2, 0) for c in range(side)])
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 16])
+def test_cutout_zeroes_one_clipped_square_per_image(size):
+    side = 16
+    x = tf.random.stateless_normal([2000, side, side, 3], seed=[1, 2]) + 10.0  # no zero of its own
+    out = pipeline.cutout(x, size, 3, tf.constant(7, tf.int64)).numpy()
+    x = x.numpy()
+    for b in range(200):
+        hidden = out[b] == 0  # [H, W, C]
+        assert (hidden == hidden[..., :1]).all()  # all channels of a pixel together
+        np.testing.assert_array_equal(out[b][~hidden], x[b][~hidden])  # the rest untouched
+        rows, cols = np.flatnonzero(hidden[..., 0].any(1)), np.flatnonzero(hidden[..., 0].any(0))
+        assert hidden[..., 0].sum() == len(rows) * len(cols)  # a rectangle...
+        assert np.ptp(rows) == len(rows) - 1 and np.ptp(cols) == len(cols) - 1  # ...of contiguous lines
+        for lines in (rows, cols):  # a size x size square whose centre is in the image, clipped at the border
+            top = lines[0] if lines[0] > 0 else lines[-1] + 1 - size
+            assert len(lines) == min(top + size, side) - max(top, 0)
+            assert 0 <= top + size // 2 < side
+    # centres uniform over the image: the hidden fraction is (E[rows] / H) * (E[cols] / W)
+    expected = (_covered(size, side) / side) ** 2
+    assert abs((out == 0).mean() - expected) < 0.1 * expected
+
+
+def test_cutout_is_keyed_by_seed_and_step_and_traces_once():
+    x = tf.ones([64, 8, 8, 3])
+    step = tf.constant(3, tf.int64)
+    a = pipeline.cutout(x, 4, 0, step).numpy()
+    np.testing.assert_array_equal(a, pipeline.cutout(x, 4, 0, step).numpy())
+    assert not np.array_equal(a, pipeline.cutout(x, 4, 0, step + 1).numpy())
+    assert not np.array_equal(a, pipeline.cutout(x, 4, 1, step).numpy())
+    traces = []
+
+    @tf.function
+    def compiled(s):
+        traces.append(1)
+        return pipeline.cutout(x, 4, 0, s)
+
+    for s in range(3):
+        np.testing.assert_array_equal(compiled(tf.constant(s, tf.int64)).numpy(),
+                                      pipeline.cutout(x, 4, 0, tf.constant(s, tf.int64)).numpy())
+    assert len(traces) == 1
+
+
+def test_a_training_batch_is_the_cutout_of_the_batch_without_it():
+    x, y = _images(45)
+    plain = Batches(x, y, Normalization.of(x), batch_size=10, seed=2)
+    cut = Batches(x, y, Normalization.of(x), batch_size=10, seed=2, cutout=3)
+    order, step = plain.order(0), tf.constant(2, tf.int64)
+    expected = pipeline.cutout(plain.train_batch(order, step)[0], 3, 2, step)
+    np.testing.assert_array_equal(cut.train_batch(order, step)[0].numpy(), expected.numpy())
+    assert (cut.train_batch(order, step)[0].numpy() == 0).any()
+    np.testing.assert_array_equal(cut.eval_batch(0)[0].numpy(), plain.eval_batch(0)[0].numpy())  # eval: none
+    with pytest.raises(ValueError, match="--cutout must be between 0 and 8 pixels, not 9"):
+        Batches(x, y, Normalization.of(x), batch_size=10, cutout=9)
