@@ -56,10 +56,10 @@ class Config:
     max_steps: int = _f(0, "stop, saving a checkpoint, once this many steps are done in all (0: no limit)")
     progress: str = _f("auto", "a progress bar within each epoch: auto (when stderr is a terminal), bar or none")
 
-    # Flags that may differ between a run and its --resume; all others must match config.json.
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not today's default.
     BEFORE_ADDED = {"cutout": 0}
+    # Flags that may differ between a run and its --resume; all others must match config.json.
     RESUMABLE = ("data", "checkpoint_dir", "run_name", "resume", "max_steps", "progress", "steps_per_call")
 
     def check(self) -> "Config":
