@@ -29,7 +29,7 @@ class Config:
                            "(with --resume: the most recent run)")
     resume: bool = _f(False, "continue the run in --run-name exactly where its last checkpoint left it")
     # the schedule
-    epochs: int = _f(100, "passes over the training images")
+    epochs: int = _f(150, "passes over the training images")
     batch_size: int = _f(128, "images per training step")
     optimizer: str = _f("sgd", "sgd (with Nesterov momentum) or adam")
     lr: float = _f(0.1, "peak learning rate, reached after the warmup")
