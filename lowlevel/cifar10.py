@@ -30,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -297,8 +298,9 @@ def download(directory: str | os.PathLike = "data", url: str = URL, md5: str = M
         if not unpacked.is_dir():
             raise DataError(f"{url}: the archive holds no {FOLDER}/ folder; it is not the official archive.")
         os.replace(unpacked, target)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(f"{url}: the archive could not be unpacked ({e}); try again.") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # zlib.error: a damaged compressed stream
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DataError(f"{url}: the archive could not be unpacked ({reason}); try again.") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target

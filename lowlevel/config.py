@@ -1,19 +1,36 @@
 """The training configuration: one frozen dataclass that is the defaults, the CLI and config.json.
 
 Each field's help text is its comment: it becomes the flag's help (`--batch-size`
-for `batch_size`), and `config.json` in the run folder records every value, so
-`--resume` and `python -m lowlevel.evaluate` rebuild exactly the same run.
+for `batch_size`), and `config.json` in the run folder records every setting of
+the run, so `--resume` and `python -m lowlevel.evaluate` rebuild exactly the same
+run.  Three kinds of field:
+
+  * settings of the run (the schedule, the model, the data's treatment): saved,
+    and a `--resume` that would change one is refused;
+  * `ADJUSTABLE` ones (where the data is, steps per call): saved, and a `--resume`
+    may change them, because they do not change what is computed;
+  * `INVOCATION` ones (`--max-steps`, `--resume`, `--progress`, where the run is):
+    limits and choices of one command, never saved and never read back, so a
+    command printed for the user to run next does what it says.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 
 class ConfigError(ValueError):
     """A bad flag or config.json, told in one sentence."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in lowlevel's form: one line on stderr, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; `{self.prog} --help` lists the flags.\n")
 
 
 def _f(default, help: str):
@@ -28,6 +45,8 @@ class Config:
     run_name: str = _f("", "the run's folder in --checkpoint-dir; empty: a new timestamped name "
                            "(with --resume: the most recent run)")
     resume: bool = _f(False, "continue the run in --run-name exactly where its last checkpoint left it")
+    from_checkpoint: str = _f("", "with --resume: continue from this checkpoint of the run (ckpt-N or "
+                                  "best/ckpt-N) instead of the latest; later ones are moved to a set-aside folder")
     # the schedule
     epochs: int = _f(150, "passes over the training images")
     batch_size: int = _f(128, "images per training step")
@@ -53,38 +72,63 @@ class Config:
     # bookkeeping
     keep: int = _f(3, "recent checkpoints to keep (the best is kept besides)")
     steps_per_call: int = _f(10, "training steps per call of the compiled step (fewer Python round trips)")
-    max_steps: int = _f(0, "stop, saving a checkpoint, once this many steps are done in all (0: no limit)")
+    max_steps: int = _f(0, "stop, saving a checkpoint, once the run has done this many steps in all (0: no "
+                           "limit); a limit of this command only, not saved with the run")
     progress: str = _f("auto", "a progress bar within each epoch: auto (when stderr is a terminal), bar or none")
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not today's default.
     BEFORE_ADDED = {"cutout": 0}
-    # Flags that may differ between a run and its --resume; all others must match config.json.
-    RESUMABLE = ("data", "checkpoint_dir", "run_name", "resume", "max_steps", "progress", "steps_per_call")
+    # Saved with the run, but a --resume may change them: they do not change what is computed.
+    ADJUSTABLE = ("data", "steps_per_call")
+    # Choices of one command, not of the run: never written to config.json nor read from it.
+    INVOCATION = ("checkpoint_dir", "run_name", "resume", "from_checkpoint", "max_steps", "progress")
 
     def check(self) -> "Config":
+        """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{_flag(f.name)} must be a finite number, not {value}.")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "keep": self.keep, "steps_per_call": self.steps_per_call}
+                    "keep": self.keep, "steps_per_call": self.steps_per_call, "alpha": self.alpha}
         for name, value in positive.items():
             if not value > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0, not {value}.")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"--optimizer must be sgd or adam, not {self.optimizer!r}.")
-        if self.schedule not in ("cosine", "step"):
-            raise ConfigError(f"--schedule must be cosine or step, not {self.schedule!r}.")
-        if self.precision not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"--precision must be float32, bfloat16 or float16, not {self.precision!r}.")
-        if self.progress not in ("auto", "bar", "none"):
-            raise ConfigError(f"--progress must be auto, bar or none, not {self.progress!r}.")
+                raise ConfigError(f"--{_flag(name)} must be greater than 0, not {value}.")
+        choices = {"optimizer": ("sgd", "adam"), "schedule": ("cosine", "step"),
+                   "precision": ("float32", "bfloat16", "float16"), "progress": ("auto", "bar", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                                  f"not {getattr(self, name)!r}.")
         for name in ("label_smoothing", "dropout", "momentum", "bn_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), not {getattr(self, name)}.")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.val_size < 0 or self.max_steps < 0:
-            raise ConfigError("--weight-decay, --warmup-epochs, --val-size and --max-steps must not be negative.")
-        if not 0 <= self.cutout <= 32:
-            raise ConfigError(f"--cutout must be between 0 and 32 pixels (the image side), not {self.cutout}.")
-        if not self.alpha > 0:
-            raise ConfigError(f"--alpha must be greater than 0, not {self.alpha}.")
+                raise ConfigError(f"--{_flag(name)} must be in [0, 1), not {getattr(self, name)}.")
+        for name in ("weight_decay", "warmup_epochs", "val_size", "max_steps", "cutout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must not be negative, not {getattr(self, name)}.")
+        name = self.run_name
+        if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+            raise ConfigError(f"--run-name {name!r} must be a plain folder name, without a path separator and "
+                              f"not starting with '.'; use --checkpoint-dir to choose where runs go.")
+        if Path(self.checkpoint_dir).is_file():
+            raise ConfigError(f"--checkpoint-dir {self.checkpoint_dir}: is a file, not a folder; "
+                              f"give a folder (it is created if missing).")
+        if self.from_checkpoint and not self.resume:
+            raise ConfigError("--from-checkpoint continues a run: add --resume (and its --run-name).")
+        return self
+
+    def check_data(self, train_images: int, image_side: int) -> "Config":
+        """Refuse settings the data set cannot satisfy: hold-out, batch and cutout sizes."""
+        if self.val_size >= train_images:
+            raise ConfigError(f"--val-size {self.val_size} leaves no training image: the data set has "
+                              f"{train_images}; hold out fewer.")
+        if self.batch_size > train_images - self.val_size:
+            raise ConfigError(f"--batch-size {self.batch_size} is larger than the {train_images - self.val_size} "
+                              f"training images; use a smaller batch.")
+        if self.cutout > image_side:
+            raise ConfigError(f"--cutout {self.cutout} is larger than the {image_side}-pixel image; "
+                              f"use at most {image_side} (0: no cutout).")
         return self
 
     # ------------------------------------------------------------ CLI and JSON
@@ -92,7 +136,7 @@ class Config:
     @classmethod
     def parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
         """The CLI; with defaults=False, a flag not given is left out of the parsed namespace."""
-        p = argparse.ArgumentParser(prog="python -m lowlevel.train",
+        p = Parser(prog="python -m lowlevel.train",
                                     description="Train MobileNet v1 on CIFAR-10 from raw TensorFlow ops.",
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         for f in dataclasses.fields(cls):
@@ -113,8 +157,10 @@ class Config:
         only_given = cls.parser(defaults=False).parse_args(argv)  # a flag left out is not in it
         return cls(**vars(args)), set(vars(only_given))
 
-    def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+    def to_json(self) -> str:
+        """config.json's text: every setting of the run (INVOCATION fields left out)."""
+        saved = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.INVOCATION}
+        return json.dumps(saved, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, path: Path) -> "Config":
@@ -127,17 +173,32 @@ class Config:
         if unknown:
             raise ConfigError(f"{path}: has unknown settings {unknown}; it was written by another version "
                               f"of lowlevel or edited by hand.")
-        return cls(**{**cls.BEFORE_ADDED, **values})
+        run = {k: v for k, v in values.items() if k not in cls.INVOCATION}  # older files saved them too
+        kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls)}
+        for k, v in run.items():
+            ok = {"bool": isinstance(v, bool), "int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool), "str": isinstance(v, str)}
+            if not ok[kinds[k]]:
+                raise ConfigError(f"{path}: {k} is {v!r}, not a {kinds[k]}; the file was edited by hand or damaged.")
+        return cls(**{**cls.BEFORE_ADDED, **run})
 
     def resumed_with(self, given: "Config", explicit: set[str]) -> "Config":
-        """This saved config with the flags a --resume may change taken from `given`.
+        """This saved config, continued by the command `given` (whose explicit flags are `explicit`).
 
-        A flag given explicitly that would change the run itself is an error.
+        INVOCATION fields come from the command (its defaults where not given), never from
+        the file; ADJUSTABLE ones from the command where given; a flag given explicitly that
+        would change the run itself is an error.
         """
-        changed = sorted(k for k in explicit if k not in self.RESUMABLE and getattr(given, k) != getattr(self, k))
+        fixed = [k for k in explicit if k not in self.ADJUSTABLE + self.INVOCATION]
+        changed = sorted(k for k in fixed if getattr(given, k) != getattr(self, k))
         if changed:
             k = changed[0]
-            raise ConfigError(f"--resume: the run was made with --{k.replace('_', '-')} {getattr(self, k)}, not "
+            raise ConfigError(f"--resume: the run was made with --{_flag(k)} {getattr(self, k)}, not "
                               f"{getattr(given, k)}; drop the flag to continue it, or start a new --run-name.")
-        kept = {k: getattr(given, k) for k in explicit if k in self.RESUMABLE}
-        return dataclasses.replace(self, **{**kept, "resume": True})
+        now = {k: getattr(given, k) for k in self.INVOCATION}
+        now.update({k: getattr(given, k) for k in explicit if k in self.ADJUSTABLE})
+        return dataclasses.replace(self, **now)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

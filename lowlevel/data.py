@@ -7,25 +7,29 @@ A problem with the files is one sentence on stderr and exit status 2.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import numpy as np
 
 from lowlevel import cifar10
+from lowlevel.config import Parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lowlevel.data", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> Parser:
+    p = Parser(prog="python -m lowlevel.data", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     d = sub.add_parser("download", help="download, verify and unpack the official CIFAR-10 archive")
     d.add_argument("--dir", default="data", help="folder to unpack into (default: data)")
     d.add_argument("--url", default=cifar10.URL, help="where to fetch cifar-10-python.tar.gz from")
     d.add_argument("--md5", default=cifar10.MD5, help="the archive's expected MD5 (default: the official one)")
     c = sub.add_parser("check", help="load a copy and print what it holds")
     c.add_argument("dir", nargs="?", default="data", help="cifar-10-batches-py or its parent (default: data)")
-    args = parser.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     try:
         if args.command == "download":

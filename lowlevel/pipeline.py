@@ -7,7 +7,8 @@ inside the compiled training step, so no image passes through Python.
 Every random choice is a pure function of (seed, epoch) or (seed, step):
 
     order of epoch e         = argsort(uniform(N; key = fold_in(seed, SHUFFLE, e)))
-    crop and flip of step s  = uniform(...; key = fold_in(seed, AUGMENT, s))
+    crop offsets of step s   = uniform(...; key = fold_in(seed, AUGMENT, s))
+    flips of step s          = uniform(...; key = fold_in(seed, FLIP, s))
     cutout squares of step s = uniform(...; key = fold_in(seed, CUTOUT, s))
     dropout masks of step s  = key fold_in(seed, DROPOUT, s)
 
@@ -16,32 +17,48 @@ and there is no hidden generator state for a checkpoint to miss.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from lowlevel._tf import tf
 
 PAD = 4  # pixels of zero padding before the random 32x32 crop
-_SHUFFLE, _AUGMENT, _DROPOUT, _CUTOUT = 1, 2, 3, 4  # stream ids, so no two share a random key
+_SHUFFLE, _AUGMENT, _DROPOUT, _CUTOUT, _FLIP = 1, 2, 3, 4, 5  # stream ids, so no two share a random key
 
 
-@dataclasses.dataclass(frozen=True)
-class Normalization:
-    """Per-channel statistics of the training images, in [0, 1] units."""
+class Normalization(tf.Module):
+    """Per-channel statistics of the training images, in [0, 1] units, and the map they define.
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean and std are non-trainable variables [C], so a checkpoint holds the
+    statistics a run trained with, and evaluation, inspection and export restore
+    them instead of recomputing them from whatever copy of the data they are given.
+    """
+
+    def __init__(self, mean, std, name: str = "normalization"):
+        super().__init__(name=name)
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"need one mean and one positive std per channel, not {mean} and {std}.")
+        with self.name_scope:
+            self.mean = tf.Variable(tf.constant(mean, tf.float32), trainable=False, name="mean")  # [C]
+            self.std = tf.Variable(tf.constant(std, tf.float32), trainable=False, name="std")  # [C]
 
     @classmethod
     def of(cls, images: np.ndarray) -> "Normalization":
         """mean_c = mean over N, H, W of x/255; std_c likewise (population std)."""
         x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-        return cls(tuple(float(v) for v in x.mean(0)), tuple(float(v) for v in x.std(0)))
+        return cls([float(v) for v in x.mean(0)], [float(v) for v in x.std(0)])
+
+    @classmethod
+    def placeholder(cls, channels: int) -> "Normalization":
+        """mean 0, std 1: a slot for statistics about to be restored from a checkpoint."""
+        return cls([0.0] * channels, [1.0] * channels)
+
+    def values(self) -> tuple[list[float], list[float]]:
+        """(mean, std) as Python floats."""
+        return [float(v) for v in self.mean.numpy()], [float(v) for v in self.std.numpy()]
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
         """uint8 [B, H, W, C] -> float32 (x / 255 - mean) / std, [B, H, W, C]."""
         x = tf.cast(images, tf.float32) / 255.0
-        return (x - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
+        return (x - self.mean) / self.std
 
 
 def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed: int = 0):
@@ -76,18 +93,25 @@ def dropout_key(seed, step) -> tf.Tensor:
     return _key(seed, _DROPOUT, step)
 
 
+def crop_and_flip_draws(batch, seed, step) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The random choices of `augment` at `step`: offsets dy, dx, each uniform over 0..2*PAD,
+    and a flip bit, true with probability 1/2, each int32/bool [B, 1] and drawn independently."""
+    offsets = tf.random.stateless_uniform([batch, 2], seed=_key(seed, _AUGMENT, step), maxval=2 * PAD + 1,
+                                          dtype=tf.int32)  # [B, 2]
+    flip = tf.random.stateless_uniform([batch, 1], seed=_key(seed, _FLIP, step), maxval=2, dtype=tf.int32) == 1
+    return offsets[:, 0:1], offsets[:, 1:2], flip
+
+
 def augment(images: tf.Tensor, seed, step) -> tf.Tensor:
     """Random crop after 4-pixel zero padding, and random horizontal flip.
 
     images: uint8 [B, H, W, C] -> uint8 [B, H, W, C].  Each image gets its own
-    offsets dy, dx in 0..8 and flip bit.  The crop is two batched gathers of
-    row and column indices into the padded batch; a flip is the same crop with
-    its columns read right to left, so it costs nothing extra.
+    offsets dy, dx in 0..8 and flip bit (`crop_and_flip_draws`).  The crop is two
+    batched gathers of row and column indices into the padded batch; a flip is
+    the same crop with its columns read right to left, so it costs nothing extra.
     """
     b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
-    noise = tf.random.stateless_uniform([b, 3], seed=_key(seed, _AUGMENT, step), maxval=2 * PAD + 1,
-                                        dtype=tf.int32)
-    dy, dx, flip = noise[:, 0:1], noise[:, 1:2], noise[:, 2:3] % 2 == 1  # [B, 1] each
+    dy, dx, flip = crop_and_flip_draws(b, seed, step)  # [B, 1] each
     padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])  # [B, H+8, W+8, C]
     rows = dy + tf.range(h)[None, :]  # [B, H]
     cols = dx + tf.where(flip, tf.range(w - 1, -1, -1)[None, :], tf.range(w)[None, :])  # [B, W]
@@ -95,21 +119,28 @@ def augment(images: tf.Tensor, seed, step) -> tf.Tensor:
     return tf.gather(out, cols, axis=2, batch_dims=1)  # [B, H, W, C]
 
 
+def cutout_centres(batch, h: int, w: int, seed, step) -> tuple[tf.Tensor, tf.Tensor]:
+    """The random centres of `cutout` at `step`: rows cy uniform over 0..h-1, columns cx over 0..w-1,
+    int32 [B, 1] each, drawn independently."""
+    centre = tf.random.stateless_uniform([batch, 2], seed=_key(seed, _CUTOUT, step), maxval=h * w,
+                                         dtype=tf.int32)  # uniform in [0, h*w): h*w is a multiple of h and of w
+    return centre[:, 0:1] % h, centre[:, 1:2] % w
+
+
 def cutout(x: tf.Tensor, size: int, seed, step) -> tf.Tensor:
     """Cutout (DeVries and Taylor, 2017): zero one random size x size square of each image.
 
     x: float32 [B, H, W, C], already normalized, so a zeroed pixel is the mean
     colour -> float32 [B, H, W, C].  Each image gets its own centre (cy, cx),
-    uniform over all H x W pixels; the square covers rows cy - size//2 ..
+    uniform over all H x W pixels (`cutout_centres`); the square covers rows cy - size//2 ..
     cy - size//2 + size - 1 (likewise columns), clipped at the border, so a
     square near an edge hides less:
 
         x'[b, i, j, c] = x[b, i, j, c] * (1 - [i in rows_b and j in cols_b])
     """
     b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
-    # uniform in [0, H*W), so the remainders mod H and mod W are each uniform
-    centre = tf.random.stateless_uniform([b, 2], seed=_key(seed, _CUTOUT, step), maxval=h * w, dtype=tf.int32)
-    top, left = centre[:, 0:1] % h - size // 2, centre[:, 1:2] % w - size // 2  # [B, 1] each
+    cy, cx = cutout_centres(b, h, w, seed, step)  # [B, 1] each
+    top, left = cy - size // 2, cx - size // 2  # [B, 1] each
     i, j = tf.range(h)[None, :], tf.range(w)[None, :]  # [1, H], [1, W]
     inside_rows = (i >= top) & (i < top + size)  # [B, H]
     inside_cols = (j >= left) & (j < left + size)  # [B, W]

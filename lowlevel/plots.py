@@ -16,6 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from lowlevel import runs  # noqa: E402
+from lowlevel.config import Parser  # noqa: E402
+
 
 def learning_curves(run: str | Path) -> Path:
     """Loss and accuracy per epoch, train vs validation, from run/history.csv -> run/learning_curves.png."""
@@ -35,8 +38,7 @@ def learning_curves(run: str | Path) -> Path:
     fig.suptitle(run.name)
     fig.tight_layout()
     out = run / "learning_curves.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out)
     return out
 
 
@@ -54,22 +56,36 @@ def confusion_matrix(matrix: np.ndarray, names: list[str], out: str | Path, titl
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, label="fraction of the true class")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, Path(out))
     return Path(out)
 
 
+def _save(fig, out: Path) -> None:
+    """Write the figure as a PNG whole or not at all (a temporary file renamed over `out`), then close it;
+    runs.WriteError names `out` if the disk is full."""
+    try:
+        runs.atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def parser() -> Parser:
+    p = Parser(prog="python -m lowlevel.plots", description="Draw a run's learning curves from its history.csv.")
+    p.add_argument("run", help="a run folder, e.g. checkpoints/first; writes RUN/learning_curves.png")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m lowlevel.plots RUN_DIR", file=sys.stderr)
-        return 2
-    run = Path(argv[0])
+    run = Path(parser().parse_args(argv).run)
     if not (run / "history.csv").is_file():
         print(f"error: {run}: has no history.csv; give a run folder written by python -m lowlevel.train.",
               file=sys.stderr)
         return 2
-    print(learning_curves(run))
+    try:
+        print(learning_curves(run))
+    except runs.WriteError as e:
+        print(f"error: {e}; free some space or fix the folder's permissions.", file=sys.stderr)
+        return 2
     return 0
 
 

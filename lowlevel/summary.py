@@ -13,10 +13,10 @@ For a layer whose output is H' x W' x C_out:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 
+from lowlevel.config import Parser
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D
 
 
@@ -114,9 +114,8 @@ def format_comparison(separable, standard) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lowlevel.summary",
-                                description="Per-layer parameters and multiply-adds of MobileNet v1.")
+def parser() -> Parser:
+    p = Parser(prog="python -m lowlevel.summary", description="Per-layer parameters and multiply-adds of MobileNet v1.")
     p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
     p.add_argument("--input-size", type=int, default=32, help="image side in pixels (default 32; ImageNet 224)")
     p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
@@ -124,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--standard", action="store_true", help="full 3x3 convolutions instead of separable ones")
     group.add_argument("--compare", action="store_true", help="print both variants' totals side by side")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     from lowlevel.mobilenet import MobileNetV1  # after parsing, so --help is instant
 

@@ -9,16 +9,21 @@ Everything random is a function of (seed, step), and the checkpoint holds the
 weights, the moving statistics, the optimizer's slots and its step count, so a
 resumed run computes the very same weights as one that never stopped.
 
-The run folder (checkpoints/<run-name>/) holds config.json, history.csv (a
-row per epoch), ckpt-<step> (the last few), best/ckpt-<step> (best validation
-accuracy) and the plots.
+The run folder (checkpoints/<run-name>/, see lowlevel/runs.py) holds
+config.json, history.csv (a row per epoch), ckpt-<step> (the last few),
+best/ckpt-<step> (best validation accuracy) and learning_curves.png.  One
+process at a time may train a run (a lock), every file is written whole or not
+at all, a checkpoint is verified before it is restored, and every parameter is
+checked to be finite before it is saved.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
-import re
+import shlex
+import shutil
 import signal
 import sys
 import time
@@ -28,16 +33,12 @@ from pathlib import Path
 import numpy as np
 from lowlevel._tf import tf
 
-from lowlevel import cifar10, optim, pipeline
+from lowlevel import cifar10, optim, pipeline, runs
 from lowlevel.config import Config, ConfigError
-from lowlevel.mobilenet import MobileNetV1
+from lowlevel.runs import RunError, WriteError
 
 HISTORY_FIELDS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "images_per_s", "elapsed_s"]
-
-
-class RunError(Exception):
-    """A problem with the run folder or its checkpoints, told in one sentence."""
 
 
 # ---------------------------------------------------------------- the math of a step
@@ -60,9 +61,7 @@ class Trainer(tf.Module):
         super().__init__(name="trainer")
         self.cfg, self.train = cfg, train
         tf.random.set_seed(cfg.seed)  # the initial weights
-        self.model = MobileNetV1(num_classes=num_classes, alpha=cfg.alpha, input_size=train.images.shape[1],
-                                 stem_stride=1, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum,
-                                 precision=cfg.precision)
+        self.model = runs.build_model(cfg, num_classes, input_size=train.images.shape[1])
         spe = train.steps_per_epoch
         total, warmup = cfg.epochs * spe, int(cfg.warmup_epochs * spe)
         if cfg.schedule == "cosine":
@@ -87,12 +86,21 @@ class Trainer(tf.Module):
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
-    def checkpoint(self) -> tf.train.Checkpoint:
+    def checkpoint(self, normalization: bool = True) -> tf.train.Checkpoint:
+        """What a checkpoint holds; normalization=False for restoring runs from before it was saved."""
         extra = {"loss_scale": self.loss_scale} if self.loss_scale is not None else {}
+        if normalization:
+            extra["normalization"] = self.train.norm
         return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch_loss=self.epoch_loss,
                                    epoch_correct=self.epoch_correct, epoch_seen=self.epoch_seen,
                                    best_val_accuracy=self.best_val_accuracy, elapsed=self.elapsed, seed=self.seed,
                                    **extra)
+
+    @tf.function
+    def all_finite(self) -> tf.Tensor:
+        """Whether every floating-point variable (weights, moving statistics, optimizer slots) is finite."""
+        state = [v for v in self.model.variables + self.optimizer.variables if v.dtype.is_floating]
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in state])
 
     @tf.function
     def train_steps(self, order, n) -> tf.Tensor:
@@ -149,29 +157,46 @@ def find_run(cfg: Config) -> Path:
     if cfg.run_name:
         return root / cfg.run_name
     if cfg.resume:
-        runs = sorted(root.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
-        if not runs:
+        found = sorted(root.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+        if not found:
             raise RunError(f"{root}: holds no run to resume; give --run-name, or train without --resume.")
-        return runs[-1].parent
+        return found[-1].parent
     return root / datetime.now().strftime("run-%Y%m%d-%H%M%S")
 
 
-def prepare_run(cfg: Config, explicit: set[str]) -> tuple[Config, Path]:
-    """Check and create (or, with --resume, reopen) the run folder; return the run's config."""
+def run_config(cfg: Config, explicit: set[str]) -> tuple[Config, Path]:
+    """The run's folder and config: this command's, or with --resume the saved one continued by it.
+    Reads only; nothing is created before the data and every setting have been checked."""
     run = find_run(cfg)
     saved = run / "config.json"
+    runs.refuse_if_locked(run)  # the first thing to say if another process is training it
     if cfg.resume:
         if not saved.is_file():
             raise RunError(f"{run}: is not a run folder (no config.json); check --run-name and --checkpoint-dir.")
-        return Config.from_json(saved).resumed_with(cfg, explicit).check(), run
-    if saved.exists():
+        cfg = Config.from_json(saved).resumed_with(cfg, explicit)
+    elif saved.exists():
         raise RunError(f"{run}: already holds a run; add --resume to continue it, or choose another --run-name.")
+    return dataclasses.replace(cfg, run_name=run.name).check(), run
+
+
+def open_run(cfg: Config, run: Path):
+    """Create the run folder if new, take its lock (see runs.lock), write config.json if new.
+    Returns the lock file, held until it is closed."""
     try:
         run.mkdir(parents=True, exist_ok=True)
-        dataclasses.replace(cfg, run_name=run.name).to_json(saved)
     except OSError as e:
-        raise RunError(f"{run}: cannot write there ({e.strerror}); choose a writable --checkpoint-dir.") from None
-    return dataclasses.replace(cfg, run_name=run.name), run
+        raise RunError(f"{run}: cannot be created ({e.strerror}); choose a writable --checkpoint-dir.") from None
+    held = runs.lock(run)
+    try:
+        if not cfg.resume:
+            if (run / "config.json").exists():  # another process made it between our check and the lock
+                raise RunError(f"{run}: already holds a run; add --resume to continue it, or choose another "
+                               f"--run-name.")
+            runs.write_text(run / "config.json", cfg.to_json())
+    except BaseException:
+        held.close()
+        raise
+    return held
 
 
 def load_data(cfg: Config) -> cifar10.CIFAR10:
@@ -187,36 +212,6 @@ def load_data(cfg: Config) -> cifar10.CIFAR10:
     return cifar10.load(default)
 
 
-def check_state_file(run: Path) -> None:
-    """Refuse to resume when checkpoints exist but the `checkpoint` list naming the latest is unreadable.
-
-    (`tf.train.latest_checkpoint` would answer None and the run would silently start
-    again from scratch: tensorflow/tensorflow#35148.)
-    """
-    if not list(run.glob("ckpt-*.index")):
-        return
-    state = run / "checkpoint"
-    try:
-        ok = re.search(r'^model_checkpoint_path: "[^"]+"$', state.read_text(), re.MULTILINE) is not None
-    except (OSError, UnicodeDecodeError):
-        ok = False
-    if not ok:
-        raise RunError(f"{state}: the checkpoint list is missing or unreadable although checkpoints exist; "
-                       f"restore it (it names the latest ckpt-N) before resuming.")
-
-
-def restore(trainer: Trainer, manager: tf.train.CheckpointManager) -> None:
-    latest = manager.latest_checkpoint
-    if latest is None:
-        return  # stopped before its first save: start from the beginning
-    try:
-        trainer.checkpoint().read(latest).assert_existing_objects_matched().expect_partial()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        first = str(e).strip().splitlines()[0][:200]
-        raise RunError(f"{latest}: cannot be restored into this run's model ({first}); "
-                       f"the checkpoint is damaged or from another configuration.") from None
-
-
 def read_history(path: Path, epochs_done: int) -> list[dict]:
     """history.csv's rows for the epochs a checkpoint covers (a crash may have left one more)."""
     if not path.exists():
@@ -226,12 +221,61 @@ def read_history(path: Path, epochs_done: int) -> list[dict]:
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO()
+    w = csv.DictWriter(text, HISTORY_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    runs.write_text(path, text.getvalue())
+
+
+def command(cfg: Config, run: Path, *extra: str) -> str:
+    """The command that continues this run, ready to paste into a shell."""
+    words = ["python", "-m", "lowlevel.train", "--checkpoint-dir", str(run.parent), "--run-name", run.name,
+             "--resume", *extra]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+# ---------------------------------------------------------------- progress
+
+def duration(seconds: float) -> str:
+    """4 h 05 min, 12 min, 40 s."""
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
+
+
+class Clock:
+    """This process's training speed, timed from the end of its first call (which traces the step)."""
+
+    ESTIMATE_AFTER = 3  # calls timed before the run's length is estimated
+
+    def __init__(self):
+        self.start = self.first_step = None
+        self.calls = 0
+
+    def tick(self, step: int) -> None:
+        if self.start is None:
+            self.start, self.first_step = time.perf_counter(), step
+        else:
+            self.calls += 1
+
+    def seconds_per_step(self, step: int) -> float | None:
+        if self.start is None or step <= self.first_step:
+            return None
+        return (time.perf_counter() - self.start) / (step - self.first_step)
+
+    def left(self, step: int, until: int) -> str:
+        per = self.seconds_per_step(step)
+        return "?" if per is None else duration(per * (until - step))
+
+
+def _bar(epoch, epochs, done, total, loss, acc, rate, elapsed, epoch_left, run_left):
+    width = 30
+    filled = width * done // total
+    return (f"\repoch {epoch}/{epochs} [{'=' * filled}{'.' * (width - filled)}] {done}/{total} "
+            f"loss {loss:.3f} acc {100 * acc:.1f}% {rate:.0f} img/s  {duration(elapsed)} elapsed, "
+            f"{epoch_left} left in the epoch, {run_left} in the run ")
 
 
 # ---------------------------------------------------------------- the loop
@@ -241,8 +285,7 @@ class _Stop:
 
     def __init__(self):
         self.signal = None
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
         if self.signal is not None:  # a second Ctrl-C: stop now
@@ -251,12 +294,9 @@ class _Stop:
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this call",
               file=sys.stderr, flush=True)
 
-
-def _bar(epoch, epochs, done, total, loss, acc, rate):
-    width = 30
-    filled = width * done // total
-    return (f"\repoch {epoch}/{epochs} [{'=' * filled}{'.' * (width - filled)}] {done}/{total} "
-            f"loss {loss:.3f} acc {100 * acc:.1f}% {rate:.0f} img/s")
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 class Loop:
@@ -265,43 +305,96 @@ class Loop:
     def __init__(self, cfg: Config, run: Path, data: cifar10.CIFAR10):
         train_x, train_y, val_x, val_y = pipeline.split_validation(data.train_images, data.train_labels,
                                                                    cfg.val_size)
-        self.norm = pipeline.Normalization.of(train_x)  # training images only
-        self.train = pipeline.Batches(train_x, train_y, self.norm, cfg.batch_size, cfg.seed, augment=cfg.augment,
-                                     cutout=cfg.cutout)
-        if self.train.steps_per_epoch == 0:
-            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {self.train.n} training images.")
+        # the training images' statistics; a resumed run restores the ones it started with
+        norm = pipeline.Normalization.of(train_x)
+        self.train = pipeline.Batches(train_x, train_y, norm, cfg.batch_size, cfg.seed, augment=cfg.augment,
+                                      cutout=cfg.cutout)
         self.cfg, self.run, self.data = cfg, run, data
         self.trainer = Trainer(cfg, self.train, num_classes=len(data.label_names))
         if cfg.resume:
-            check_state_file(run)
+            self.restore()
         ckpt = self.trainer.checkpoint()
         self.manager = tf.train.CheckpointManager(ckpt, run, max_to_keep=cfg.keep, checkpoint_name="ckpt")
         self.best = tf.train.CheckpointManager(ckpt, run / "best", max_to_keep=1, checkpoint_name="ckpt")
-        if cfg.resume:
-            restore(self.trainer, self.manager)
         self.spe = self.train.steps_per_epoch
         self.total = cfg.epochs * self.spe
         self.limit = min(self.total, cfg.max_steps) if cfg.max_steps else self.total
         self.history_path = run / "history.csv"
         self.history = read_history(self.history_path, self.trainer.step // self.spe)
         write_history(self.history_path, self.history)
-        val = pipeline.Batches(val_x, val_y, self.norm, 500)
+        val = pipeline.Batches(val_x, val_y, norm, 500)
         self.evaluate_val = evaluator(self.trainer.model, val) if len(val_x) else None
         self.bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
+        self.clock = Clock()
         print(f"run {run}: {self.train.n} training and {len(val_x)} validation images, {self.spe} steps per "
               f"epoch, {self.trainer.step} of {self.total} steps done", flush=True)
         if cfg.precision == "float16" and not tf.config.list_physical_devices("GPU"):
             print("note: float16 is for GPUs; on a CPU its convolutions fall back to slow kernels "
                   "(--precision bfloat16 is the CPU's 16-bit type)", flush=True)
 
-    def save(self, on_best: bool = False) -> None:
+    def restore(self) -> None:
+        """Continue from --from-checkpoint, or from the latest checkpoint, after verifying it."""
+        cfg, run = self.cfg, self.run
+        runs.check_state_file(run)
+        if cfg.from_checkpoint:
+            prefix = run / cfg.from_checkpoint
+            if prefix.parent not in (run, run / "best") or runs.step_of(prefix) < 0:
+                raise RunError(f"--from-checkpoint {cfg.from_checkpoint}: name a checkpoint of the run, such as "
+                               f"ckpt-20 or best/ckpt-20 (its files are {run}/ckpt-20.index and .data-*).")
+        else:
+            prefix = runs.latest(run)
+            if prefix is None:
+                return  # stopped before its first save: start from the beginning
         try:
-            self.manager.save(checkpoint_number=self.trainer.step)
-            if on_best:
-                self.best.save(checkpoint_number=self.trainer.step)
-        except (OSError, tf.errors.OpError) as e:
-            raise RunError(f"{self.run}: saving a checkpoint failed ({getattr(e, 'message', e)}); free space "
-                           f"or permissions, then --resume.") from None
+            runs.verify(prefix)
+        except runs.DamagedCheckpoint as e:
+            older = runs.intact(run, before=runs.step_of(prefix))
+            if not older:
+                raise RunError(f"{e}; no older checkpoint of the run is intact, so it cannot be continued: "
+                               f"start a new run with another --run-name.") from None
+            name = str(older[0].relative_to(run))
+            raise RunError(f"{e}; the older checkpoints {runs.names(older, run)} are intact: continue from the "
+                           f"newest with: {command(cfg, run, '--from-checkpoint', name)}") from None
+        saved_norm = runs.has_normalization(prefix)
+        try:
+            self.trainer.checkpoint(saved_norm).read(str(prefix)).assert_existing_objects_matched().expect_partial()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise RunError(f"{prefix}: cannot be restored into this run's model ({runs._first_line(e)}); "
+                           f"it is from another configuration.") from None
+        if not saved_norm:
+            print(f"note: {prefix} predates saved normalization statistics: recomputed from the training "
+                  f"images, as that run did", flush=True)
+        if cfg.from_checkpoint:
+            moved = runs.set_aside_after(run, runs.step_of(prefix))
+            print(f"continuing from {prefix}" + (f"; the later checkpoints are now in {moved}" if moved else ""),
+                  flush=True)
+
+    def check_finite(self) -> None:
+        if not bool(self.trainer.all_finite()):
+            raise FloatingPointError(
+                f"a weight, moving statistic or optimizer slot became NaN or infinite by step {self.trainer.step}, "
+                f"so it was not saved and the last good checkpoint "
+                f"({self.manager.latest_checkpoint or 'none yet'}) is kept: start a new run with a lower --lr.")
+
+    def save(self, on_best: bool = False) -> None:
+        """Save the latest checkpoint (and, first, the best); every parameter must be finite.
+
+        The best goes first: killed between the two saves, the run resumes from the previous
+        latest checkpoint, recomputes the same epoch and saves the same best again.  (The other
+        order would leave a latest checkpoint whose best_val_accuracy names a best checkpoint
+        that was never written, and the resumed run would never write it.)
+        """
+        self.check_finite()
+        for manager in (self.best, self.manager) if on_best else (self.manager,):
+            prefix = Path(manager.directory) / f"ckpt-{self.trainer.step}"
+            try:
+                manager.save(checkpoint_number=self.trainer.step)
+            except (OSError, tf.errors.OpError) as e:
+                shutil.rmtree(f"{prefix}_temp", ignore_errors=True)  # what a failed write leaves behind
+                message = getattr(e, "message", None) or str(e)
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+                    message.split("; ")[-1].split(" [Op:")[0].strip()
+                raise WriteError(prefix, reason) from None
 
     def train_epoch(self, stop: _Stop) -> tuple[float, float, int]:
         """Train until the epoch ends, --max-steps is reached or a signal came.
@@ -309,31 +402,40 @@ class Loop:
         Returns (last lr, seconds, images trained by this call): a resumed epoch's running sums
         also count the images trained before the stop, which this process did not time.
         """
-        t, cfg = self.trainer, self.cfg
+        t, cfg, clock = self.trainer, self.cfg, self.clock
         epoch = t.step // self.spe
         end = min((epoch + 1) * self.spe, self.limit)
         order = self.train.order(epoch)
         start, lr, before = time.perf_counter(), float("nan"), int(t.epoch_seen.numpy())
         while t.step < end and stop.signal is None:
             lr = float(t.train_steps(order, tf.constant(min(cfg.steps_per_call, end - t.step))))
+            clock.tick(t.step)
             seen = int(t.epoch_seen.numpy())
             loss = float(t.epoch_loss.numpy()) / max(seen, 1)
             if not np.isfinite(loss):
                 raise FloatingPointError(
                     f"the training loss became {loss} by step {t.step}; the last good checkpoint "
-                    f"({self.manager.latest_checkpoint or 'none yet'}) is kept: lower --lr and start a new run, "
-                    f"or --resume from it.")
+                    f"({self.manager.latest_checkpoint or 'none yet'}) is kept: start a new run with a lower --lr.")
+            if clock.calls == clock.ESTIMATE_AFTER and t.step < self.limit:
+                per = clock.seconds_per_step(t.step)
+                ends = datetime.fromtimestamp(time.time() + per * (self.limit - t.step))
+                print(f"speed: {cfg.batch_size / per:.0f} images/s over steps {clock.first_step + 1}-{t.step}; the "
+                      f"{self.limit - t.step} steps left should take about {duration(per * (self.limit - t.step))} "
+                      f"(ending around {ends:%Y-%m-%d %H:%M}, validation not counted)", flush=True)
             if self.bar:
                 acc = int(t.epoch_correct.numpy()) / max(seen, 1)
+                elapsed = time.perf_counter() - start
                 print(_bar(epoch + 1, cfg.epochs, t.step - epoch * self.spe, self.spe, loss, acc,
-                           (seen - before) / (time.perf_counter() - start)), end="", file=sys.stderr, flush=True)
+                           (seen - before) / elapsed, elapsed, clock.left(t.step, end),
+                           clock.left(t.step, self.limit)), end="", file=sys.stderr, flush=True)
         if self.bar:
             print(file=sys.stderr)
         return lr, time.perf_counter() - start, int(t.epoch_seen.numpy()) - before
 
     def end_epoch(self, lr: float, seconds: float, images: int) -> None:
-        """Validate, append to history.csv, save (and maybe save as best), print the epoch's line."""
+        """Validate, append to history.csv, save (and maybe save as best), redraw the curves, print the line."""
         t = self.trainer
+        self.check_finite()  # before anything of this epoch is written
         start = time.perf_counter()
         seen = int(t.epoch_seen.numpy())
         row = {"epoch": t.step // self.spe, "step": t.step, "train_loss": float(t.epoch_loss.numpy()) / seen,
@@ -349,13 +451,19 @@ class Loop:
         self.history.append(row)
         write_history(self.history_path, self.history)  # before the save: a crash between them repeats the
         self.save(on_best=improved)  # epoch, and read_history drops the row the checkpoint does not cover
+        self.plot()
         val = f"val loss {val_loss:.4f} acc {100 * val_acc:5.2f}%" if self.evaluate_val else "no validation set"
         print(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc "
               f"{100 * row['train_accuracy']:5.2f}%  {val}  lr {lr:.4f}  {row['images_per_s']:.0f} img/s  "
-              f"{row['elapsed_s'] / 60:.1f} min", flush=True)
+              f"{row['elapsed_s'] / 60:.1f} min, {self.clock.left(t.step, self.limit)} left", flush=True)
+
+    def plot(self) -> None:
+        from lowlevel import plots  # matplotlib: imported at the first epoch's end, never by the step
+
+        plots.learning_curves(self.run)
 
     def test(self) -> None:
-        test = pipeline.Batches(self.data.test_images, self.data.test_labels, self.norm, 500)
+        test = pipeline.Batches(self.data.test_images, self.data.test_labels, self.train.norm, 500)
         loss, acc, _ = evaluator(self.trainer.model, test)()
         print(f"test loss {loss:.4f}, test accuracy {100 * acc:.2f}% ({test.n} images, checkpoint "
               f"{self.manager.latest_checkpoint})", flush=True)
@@ -365,37 +473,55 @@ def fit(cfg: Config, run: Path, data: cifar10.CIFAR10) -> int:
     """Train the run to its end (or to --max-steps, or a signal); return the exit status."""
     loop = Loop(cfg, run, data)
     t, stop = loop.trainer, _Stop()
-    while t.step < loop.limit and stop.signal is None:
-        try:
+    try:
+        while t.step < loop.limit and stop.signal is None:
             lr, seconds, images = loop.train_epoch(stop)
-        except FloatingPointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        if int(t.epoch_seen.numpy()) == 0:
-            continue  # a signal came before the first step of the epoch: nothing to record
-        if t.step % loop.spe == 0:
-            loop.end_epoch(lr, seconds, images)
-        else:  # stopped within the epoch: its running sums go into the checkpoint
-            t.elapsed.assign_add(seconds)
-            loop.save()
+            if int(t.epoch_seen.numpy()) == 0:
+                continue  # a signal came before the first step of the epoch: nothing to record
+            if t.step % loop.spe == 0:
+                loop.end_epoch(lr, seconds, images)
+            else:  # stopped within the epoch: its running sums go into the checkpoint
+                t.elapsed.assign_add(seconds)
+                loop.save()
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        stop.restore()
     if t.step < loop.total:
         why = signal.Signals(stop.signal).name if stop.signal else f"--max-steps {cfg.max_steps}"
         print(f"stopped ({why}) at step {t.step} of {loop.total}, checkpoint {loop.manager.latest_checkpoint}; "
-              f"continue with: python -m lowlevel.train --checkpoint-dir {cfg.checkpoint_dir} "
-              f"--run-name {run.name} --resume", flush=True)
+              f"continue with: {command(cfg, run)}", flush=True)
         return {None: 0, signal.SIGINT: 130, signal.SIGTERM: 143}[stop.signal]
     loop.test()
-    from lowlevel import plots  # not on the hot path
-    plots.learning_curves(run)
+    print(f"evaluate with: python -m lowlevel.evaluate --checkpoint {shlex.quote(str(run))}", flush=True)
     return 0
 
 
+def after_write_error(cfg: Config, run: Path | None) -> str:
+    """What to do after a failed write: the run's checkpoints are intact, so say how to continue."""
+    if run is None or not (run / "config.json").is_file():
+        return "free some space (or fix the folder's permissions) and run the command again."
+    try:
+        last = runs.latest(run)
+    except RunError:
+        last = None
+    kept = f"its last checkpoint, {last.name}, is intact" if last else "it has no checkpoint yet"
+    return f"the run stopped and {kept}: free some space (or fix permissions), then continue with: {command(cfg, run)}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    cfg, run = None, None
     try:
         cfg, explicit = Config.from_args(argv)
-        cfg, run = prepare_run(cfg.check(), explicit)
+        cfg, run = run_config(cfg.check(), explicit)
         data = load_data(cfg)
-        return fit(cfg, run, data)
+        cfg.check_data(len(data.train_images), data.train_images.shape[1])
+        with open_run(cfg, run):
+            return fit(cfg, run, data)
+    except WriteError as e:
+        print(f"error: {e}; {after_write_error(cfg, run)}", file=sys.stderr)
+        return 2
     except (ConfigError, RunError, cifar10.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

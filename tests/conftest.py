@@ -22,3 +22,108 @@ def cifar_dir(tmp_path):
     """(folder, raw) for a tiny CIFAR-10 in the official encoding."""
     folder = tmp_path / "cifar-10-batches-py"
     return folder, fakecifar.write(folder, "py2")
+
+
+# ---------------------------------------------------------------- training runs on tiny data
+
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+
+# alpha 0.125, 80 training images in 10 steps of 8 per epoch, 20 held out
+TINY = ["--alpha", "0.125", "--batch-size", "8", "--val-size", "20", "--progress", "none", "--steps-per-call", "3",
+        "--lr", "0.05", "--warmup-epochs", "0.5"]
+# a download attempted by a test goes nowhere but this machine (port 9: discard, nothing listens)
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), LOWLEVEL_CIFAR10_URL="http://127.0.0.1:9/none.tar.gz")
+
+
+def run_module(module, cwd, *args, check=True, timeout=600):
+    """python -m lowlevel.<module> ARGS in cwd, in a new process."""
+    result = subprocess.run([sys.executable, "-m", f"lowlevel.{module}", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def run_printed(line, cwd, marker):
+    """Run the command a lowlevel command printed after `marker`, exactly as printed (`python` being this one)."""
+    assert marker in line, line
+    words = shlex.split(line.split(marker, 1)[1].strip())
+    assert words[:2] == ["python", "-m"], words
+    return subprocess.run([sys.executable, *words[1:]], cwd=cwd, capture_output=True, text=True, env=ENV,
+                          timeout=600)
+
+
+def weights(prefix):
+    """Every model and optimizer value of a checkpoint, by key."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith(("model/", "optimizer/", "normalization/", "best_val"))}
+
+
+def assert_same_weights(a, b):
+    import numpy as np
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and len(wa) > 100
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A tiny CIFAR-10 folder (100 training, 30 test images)."""
+    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
+    fakecifar.write(folder, "py2")
+    return folder
+
+
+STRAIGHT = ["--epochs", "3", *TINY]
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory, data):
+    """A 3-epoch tiny run that was never interrupted: what every stopped and resumed run must equal."""
+    cwd = tmp_path_factory.mktemp("straight")
+    out = run_module("train", cwd, "--data", data, "--run-name", "straight", *STRAIGHT).stdout
+    return cwd / "checkpoints" / "straight", out
+
+
+def same_run(run, straight_run):
+    """`run` ended exactly as the uninterrupted run: final and best checkpoints bitwise, history row for row."""
+    import pandas as pd
+    assert_same_weights(straight_run / "ckpt-30", run / "ckpt-30")
+    best = sorted(p.name for p in (straight_run / "best").glob("ckpt-*.index"))
+    assert sorted(p.name for p in (run / "best").glob("ckpt-*.index")) == best
+    assert_same_weights(straight_run / "best" / best[0].removesuffix(".index"),
+                        run / "best" / best[0].removesuffix(".index"))
+    cols = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+    pd.testing.assert_frame_equal(pd.read_csv(straight_run / "history.csv")[cols], pd.read_csv(run / "history.csv")[cols])
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """cli("train", cwd, *args) -> (exit status, stdout, stderr) of lowlevel.<module>.main, in this process
+    (no TensorFlow start-up: a few seconds less than a new process)."""
+    import importlib
+
+    def call(module, cwd, *args):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            status = importlib.import_module(f"lowlevel.{module}").main([str(a) for a in args])
+        except SystemExit as e:  # argparse's errors and --help
+            status = e.code
+        out, err = capsys.readouterr()
+        return status, out, err
+    return call
+
+
+def one_error(status, err, *phrases):
+    """The command failed with status 2 and one line on stderr, `error: ...`, holding every phrase."""
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (status, err)
+    assert "Traceback" not in err
+    for p in phrases:
+        assert p in lines[0], (p, lines[0])
+    return lines[0]

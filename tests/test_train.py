@@ -11,84 +11,43 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-import fakecifar
-
-TINY = ["--alpha", "0.125", "--batch-size", "8", "--val-size", "20", "--progress", "none", "--steps-per-call", "3",
-        "--lr", "0.05", "--warmup-epochs", "0.5"]  # 80 training images: 10 steps per epoch
+from conftest import ENV, STRAIGHT, TINY, one_error, run_module, run_printed, same_run
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
-    fakecifar.write(folder, "py2")
-    return folder
+def train(cwd, *args, check=True):
+    return run_module("train", cwd, *args, check=check)
 
 
-# a download attempted by a test goes nowhere but this machine (port 9: discard, nothing listens)
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), LOWLEVEL_CIFAR10_URL="http://127.0.0.1:9/none.tar.gz")
-
-
-def train(cwd, *args, check=True, **kw):
-    env = ENV
-    result = subprocess.run([sys.executable, "-m", "lowlevel.train", *args], cwd=cwd, capture_output=True, text=True,
-                            env=env, timeout=600, **kw)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def weights(prefix):
-    reader = tf.train.load_checkpoint(str(prefix))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "model/" in k or "optimizer/" in k}
-
-
-def assert_same_weights(a, b):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys() and len(wa) > 100
-    for k in wa:
-        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
-
-
-def test_train_writes_the_run_and_evaluate_agrees(tmp_path, data):
-    out = train(tmp_path, "--data", str(data), "--run-name", "r", "--epochs", "2", *TINY).stdout
-    run = tmp_path / "checkpoints" / "r"
+def test_a_run_writes_its_folder_and_the_printed_evaluate_command_agrees(straight):
+    run, out = straight
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["alpha"] == 0.125 and cfg["epochs"] == 2 and cfg["run_name"] == "r"
+    assert cfg["alpha"] == 0.125 and cfg["epochs"] == 3 and "max_steps" not in cfg and "run_name" not in cfg
     history = pd.read_csv(run / "history.csv")
-    assert history.epoch.tolist() == [1, 2] and history.step.tolist() == [10, 20]
+    assert history.epoch.tolist() == [1, 2, 3] and history.step.tolist() == [10, 20, 30]
     assert set(history.columns) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"}
-    assert (run / "ckpt-20.index").exists() and list((run / "best").glob("ckpt-*.index"))
+    assert (run / "ckpt-30.index").exists() and list((run / "best").glob("ckpt-*.index"))
     assert (run / "learning_curves.png").stat().st_size > 10_000
-    assert "epoch   2/2" in out
+    assert "epoch   3/3" in out and "speed: " in out and " left" in out
     reported = float(out.split("test accuracy ")[1].split("%")[0])
-    ev = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(run)], cwd=tmp_path,
-                        capture_output=True, text=True, env=ENV,
-                        timeout=300)
+    ev = run_printed(out.strip().splitlines()[-1], run.parent.parent, "evaluate with:")
     assert ev.returncode == 0, ev.stderr[-2000:]
-    measured = float(ev.stdout.split("test accuracy ")[1].split("%")[0])
-    assert measured == reported
-    assert "ckpt-20: test loss" in ev.stdout and "airplane" in ev.stdout
-    assert (run / "ckpt-20-test-confusion.csv").exists() and (run / "ckpt-20-test-confusion.png").exists()
-    confusion = pd.read_csv(run / "ckpt-20-test-confusion.csv", index_col=0)
-    assert confusion.values.sum() == 30
-    best = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(run), "--best"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=ENV)
-    assert best.returncode == 0 and "best/ckpt-" in best.stdout
+    assert float(ev.stdout.split("test accuracy ")[1].split("%")[0]) == reported
+    assert "ckpt-30: test loss" in ev.stdout and "airplane" in ev.stdout
+    assert (run / "ckpt-30-test-confusion.csv").exists() and (run / "ckpt-30-test-confusion.png").exists()
+    assert pd.read_csv(run / "ckpt-30-test-confusion.csv", index_col=0).values.sum() == 30
+    best = run_module("evaluate", run.parent.parent, "--checkpoint", run, "--best")
+    assert "best/ckpt-" in best.stdout
 
 
-def test_resume_is_exact(tmp_path, data):
-    """14 steps straight vs 7 steps (mid-epoch), a new process, restore, 7 more: the same bits."""
-    common = ["--data", str(data), "--epochs", "2", "--max-steps", "14", *TINY]
-    train(tmp_path, "--run-name", "straight", *common)
-    half = train(tmp_path, "--run-name", "halves", *common[:-len(TINY)], *TINY, "--max-steps", "7")
-    assert "stopped (--max-steps 7) at step 7 of 20" in half.stdout
-    train(tmp_path, "--run-name", "halves", "--resume", "--max-steps", "14", "--data", str(data))
-    root = tmp_path / "checkpoints"
-    assert_same_weights(root / "straight" / "ckpt-14", root / "halves" / "ckpt-14")
-    a, b = (pd.read_csv(root / r / "history.csv") for r in ("straight", "halves"))
-    cols = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
-    pd.testing.assert_frame_equal(a[cols], b[cols])  # the epoch that straddled the stop reports the same
+def test_the_printed_continue_command_trains_to_the_end(tmp_path, data, straight):
+    """--max-steps limits one command: the command printed after it, run as printed, trains to the end
+    (it used to stop again at once, --max-steps having been saved with the run), exactly."""
+    out = train(tmp_path, "--data", data, "--run-name", "r", *STRAIGHT, "--max-steps", "13").stdout
+    assert "stopped (--max-steps 13) at step 13 of 30" in out
+    done = run_printed(out.strip().splitlines()[-1], tmp_path, "continue with:")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "epoch   3/3" in done.stdout and "test accuracy" in done.stdout
+    same_run(tmp_path / "checkpoints" / "r", straight[0])  # the epoch that straddled the stop included
 
 
 def test_a_resumed_epoch_counts_only_the_images_this_process_trained(tmp_path, data, monkeypatch):
@@ -98,14 +57,13 @@ def test_a_resumed_epoch_counts_only_the_images_this_process_trained(tmp_path, d
     train(tmp_path, "--data", str(data), "--run-name", "p", "--epochs", "1", "--max-steps", "7", *TINY)
     monkeypatch.chdir(tmp_path)
     cfg, explicit = Config.from_args(["--data", str(data), "--run-name", "p", "--resume", "--max-steps", "10"])
-    cfg, run = tm.prepare_run(cfg.check(), explicit)
+    cfg, run = tm.run_config(cfg.check(), explicit)
     loop = tm.Loop(cfg, run, tm.load_data(cfg))
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = tm._Stop()
     try:
-        lr, seconds, images = loop.train_epoch(tm._Stop())
+        lr, seconds, images = loop.train_epoch(stop)
     finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
+        stop.restore()
     assert loop.trainer.step == 10 and int(loop.trainer.epoch_seen.numpy()) == 80
     assert images == 3 * 8  # steps 8-10 of 10, batch 8
     loop.end_epoch(lr, 2.0, images)
@@ -184,7 +142,7 @@ def test_bfloat16_run_trains_evaluates_and_keeps_its_precision(tmp_path, data):
 
 
 def test_sigint_saves_and_resume_completes_without_gaps(tmp_path, data):
-    args = ["--data", str(data), "--run-name", "s", "--epochs", "30", *TINY]
+    args = ["--data", str(data), "--run-name", "s", "--epochs", "12", *TINY]
     env = ENV
     proc = subprocess.Popen([sys.executable, "-m", "lowlevel.train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -199,72 +157,22 @@ def test_sigint_saves_and_resume_completes_without_gaps(tmp_path, data):
     assert "SIGINT: saving a checkpoint" in err and "Traceback" not in err
     assert "--resume" in out
     stopped = len(pd.read_csv(run / "history.csv"))
-    assert stopped < 30
+    assert stopped < 12 and (run / "learning_curves.png").stat().st_size > 10_000  # drawn at every epoch's end
     train(tmp_path, "--run-name", "s", "--resume", "--data", str(data))
     history = pd.read_csv(run / "history.csv")
-    assert history.epoch.tolist() == list(range(1, 31))  # no gap, no duplicate
+    assert history.epoch.tolist() == list(range(1, 13))  # no gap, no duplicate
 
 
-def test_sigkill_leaves_a_restorable_checkpoint(tmp_path, data):
-    """Killed at whatever moment (a save included): resume from the last whole checkpoint ends on the same bits."""
-    common = ["--data", str(data), "--epochs", "6", *TINY]
-    train(tmp_path, "--run-name", "straight", *common)
-    env = ENV
-    proc = subprocess.Popen([sys.executable, "-m", "lowlevel.train", "--run-name", "killed", *common], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run = tmp_path / "checkpoints" / "killed"
-    deadline = time.time() + 300
-    while not list(run.glob("ckpt-20.index")):
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (run / "ckpt-9999_temp").mkdir(exist_ok=True)  # what a kill inside a save leaves behind
-    train(tmp_path, "--run-name", "killed", "--resume", "--data", str(data))
-    root = tmp_path / "checkpoints"
-    assert_same_weights(root / "straight" / "ckpt-60", run / "ckpt-60")
-    assert pd.read_csv(run / "history.csv").epoch.tolist() == [1, 2, 3, 4, 5, 6]
-
-
-def _one_error(result, *phrases):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for p in phrases:
-        assert p in lines[0]
-
-
-def test_user_errors_are_one_sentence(tmp_path, data):
-    _one_error(train(tmp_path, "--data", str(tmp_path / "nowhere"), check=False), "nowhere: no such folder")
-    (tmp_path / "afile").write_text("x")
-    _one_error(train(tmp_path, "--data", str(data), "--checkpoint-dir", str(tmp_path / "afile" / "sub"), check=False),
-               "cannot write there", "--checkpoint-dir")
-    _one_error(train(tmp_path, "--data", str(data), "--epochs", "0", check=False), "--epochs must be greater than 0")
-    train(tmp_path, "--data", str(data), "--run-name", "x", "--epochs", "1", "--max-steps", "2", *TINY)
-    _one_error(train(tmp_path, "--data", str(data), "--run-name", "x", check=False), "already holds a run",
-               "--resume")
-    _one_error(train(tmp_path, "--run-name", "x", "--resume", "--alpha", "0.25", check=False),
-               "the run was made with --alpha 0.125, not 0.25")
-    _one_error(train(tmp_path, "--run-name", "nope", "--resume", check=False), "is not a run folder")
-    (tmp_path / "checkpoints" / "x" / "checkpoint").write_text("garbage {{{")
-    _one_error(train(tmp_path, "--run-name", "x", "--resume", check=False), "checkpoint list is missing or unreadable")
-
-
-def test_incompatible_checkpoint_is_one_sentence(tmp_path, data):
+def test_incompatible_checkpoint_is_one_sentence(tmp_path, data, cli):
     train(tmp_path, "--data", str(data), "--run-name", "y", "--epochs", "1", "--max-steps", "2", *TINY)
     cfg_path = tmp_path / "checkpoints" / "y" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["alpha"] = 0.25  # as if config.json and the checkpoint came from different runs
     cfg_path.write_text(json.dumps(cfg))
-    _one_error(train(tmp_path, "--run-name", "y", "--resume", check=False), "cannot be restored")
-    env = ENV
-    ev = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(cfg_path.parent),
-                         "--data", str(data)], capture_output=True, text=True, env=env, timeout=300)
-    _one_error(ev, "cannot be restored")
+    one_error(*cli("train", tmp_path, "--run-name", "y", "--resume")[::2], "cannot be restored")
+    one_error(*cli("evaluate", tmp_path, "--checkpoint", cfg_path.parent, "--data", data)[::2], "cannot be restored")
     for target in (tmp_path / "checkpoints" / "missing", cfg_path.parent / "ckpt-77"):
-        ev = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(target)],
-                            capture_output=True, text=True, env=env, timeout=300)
-        _one_error(ev, str(target))
+        one_error(*cli("evaluate", tmp_path, "--checkpoint", target)[::2], str(target))
 
 
 def test_nan_loss_stops_with_one_sentence(tmp_path, data):
@@ -274,6 +182,91 @@ def test_nan_loss_stops_with_one_sentence(tmp_path, data):
     err = result.stderr.strip().splitlines()[-1]
     assert "the training loss became" in err and "last good checkpoint" in err
 
+
+def test_a_parameter_that_is_not_finite_is_never_saved(tmp_path, data, monkeypatch):
+    """The loss guard sees the loss computed before the update; an update that blows up the
+    weights at an epoch's last step must still not become "the last good checkpoint"."""
+    from lowlevel import train as tm
+    from lowlevel.config import Config
+    monkeypatch.chdir(tmp_path)
+    cfg, explicit = Config.from_args(["--data", str(data), "--run-name", "f", *STRAIGHT])
+    cfg, run = tm.run_config(cfg.check(), explicit)
+    with tm.open_run(cfg, run):
+        loop = tm.Loop(cfg, run, tm.load_data(cfg))
+        stop = tm._Stop()
+        try:
+            loop.end_epoch(*loop.train_epoch(stop))
+            assert loop.manager.latest_checkpoint.endswith("ckpt-10")
+            loop.train_epoch(stop)
+            for v in (loop.trainer.model.blocks[2].pointwise.kernel, loop.trainer.optimizer.velocity[5],
+                      loop.trainer.model.bn_stem.moving_variance):
+                before = v.numpy()
+                v.assign(tf.tensor_scatter_nd_update(v, [[0] * len(v.shape)], [float("inf")]))
+                with pytest.raises(FloatingPointError, match="became NaN or infinite by step 20, so it was not "
+                                                             "saved and the last good checkpoint .*ckpt-10"):
+                    loop.end_epoch(0.1, 1.0, 80)
+                with pytest.raises(FloatingPointError):
+                    loop.save()
+                v.assign(before)
+        finally:
+            stop.restore()
+    assert sorted(p.name for p in run.glob("ckpt-*.index")) == ["ckpt-10.index"]
+    assert pd.read_csv(run / "history.csv").epoch.tolist() == [1]
+
+
+@pytest.mark.parametrize("flags, phrases", [
+    (["--epochs", "0"], ["--epochs must be greater than 0"]),
+    (["--batch-size", "0"], ["--batch-size must be greater than 0"]),
+    (["--batch-size", "-8"], ["--batch-size must be greater than 0"]),
+    (["--batch-size", "81"], ["--batch-size 81 is larger than the 80 training images"]),
+    (["--lr", "nan"], ["--lr must be a finite number"]),
+    (["--lr", "inf"], ["--lr must be a finite number"]),
+    (["--lr", "0"], ["--lr must be greater than 0"]),
+    (["--lr", "-0.1"], ["--lr must be greater than 0"]),
+    (["--val-size", "100"], ["--val-size 100 leaves no training image"]),
+    (["--cutout", "33"], ["--cutout 33 is larger than the 32-pixel image"]),
+    (["--alpha", "0"], ["--alpha must be greater than 0"]),
+    (["--precision", "float8"], ["--precision must be float32, bfloat16 or float16"]),
+    (["--run-name", "a/b"], ["--run-name 'a/b' must be a plain folder name"]),
+    (["--run-name", ".."], ["--run-name '..' must be a plain folder name"]),
+    (["--checkpoint-dir", "afile"], ["--checkpoint-dir afile: is a file"]),
+    (["--epochs", "two"], ["argument --epochs: invalid int value: 'two'", "--help"]),
+    (["--colour", "red"], ["unrecognized arguments: --colour red"]),
+    (["--data", "nowhere"], ["nowhere: no such folder"]),
+])
+def test_bad_values_are_one_sentence_before_any_work(tmp_path, data, cli, flags, phrases):
+    (tmp_path / "afile").write_text("x")
+    args = ["--data", data, "--run-name", "bad", *TINY, *flags]
+    status, _, err = cli("train", tmp_path, *args)
+    one_error(status, err, *phrases)
+    assert not (tmp_path / "checkpoints").exists()  # nothing made: the same command, corrected, just works
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_sentence(tmp_path, data, cli):
+    (tmp_path / "afile").write_text("x")
+    one_error(*cli("train", tmp_path, "--data", data, "--checkpoint-dir", tmp_path / "afile" / "sub", *TINY)[::2],
+              "cannot be created", "--checkpoint-dir")
+
+
+def test_an_existing_run_and_a_resume_that_would_change_it_are_refused(tmp_path, data, cli):
+    train(tmp_path, "--data", str(data), "--run-name", "x", "--epochs", "1", "--max-steps", "2", *TINY)
+    one_error(*cli("train", tmp_path, "--data", data, "--run-name", "x")[::2], "already holds a run", "--resume")
+    one_error(*cli("train", tmp_path, "--run-name", "x", "--resume", "--alpha", "0.25")[::2],
+              "the run was made with --alpha 0.125, not 0.25")
+    one_error(*cli("train", tmp_path, "--run-name", "nope", "--resume")[::2], "is not a run folder")
+    (tmp_path / "checkpoints" / "x" / "checkpoint").write_text("garbage {{{")
+    one_error(*cli("train", tmp_path, "--run-name", "x", "--resume")[::2],
+              "checkpoint list is missing or unreadable")
+
+
+def test_label_smoothed_cross_entropy_is_keras_categorical_crossentropy():
+    import keras
+    from lowlevel.train import cross_entropy
+    logits = tf.random.stateless_normal([64, 10], seed=[3, 4]) * 3
+    labels = tf.random.stateless_uniform([64], seed=[5, 6], maxval=10, dtype=tf.int32)
+    for s in (0.0, 0.1, 0.3):
+        ref = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s)(tf.one_hot(labels, 10), logits)
+        np.testing.assert_allclose(float(cross_entropy(logits, labels, s)), float(ref), rtol=1e-6)
 
 
 def test_second_sigint_stops_at_once_without_a_traceback(monkeypatch, capsys, data, tmp_path):
@@ -293,7 +286,7 @@ def test_second_sigint_stops_at_once_without_a_traceback(monkeypatch, capsys, da
         raise KeyboardInterrupt
     monkeypatch.setattr(train_module, "fit", interrupted)
     monkeypatch.chdir(tmp_path)
-    assert train_module.main(["--data", str(data), "--run-name", "k"]) == 130
+    assert train_module.main(["--data", str(data), "--run-name", "k", *TINY]) == 130
     err = capsys.readouterr().err
     assert err.strip().endswith("stopped at once, without saving; --resume continues from the last checkpoint.")
 

@@ -1,0 +1,363 @@
+"""The run folder: where a run lives, who may write it, which checkpoints can be trusted, and loading one.
+
+    checkpoints/<run>/
+        config.json                 the run's settings (lowlevel.config), written once
+        history.csv                 a row per epoch
+        learning_curves.png         redrawn at every epoch's end
+        checkpoint                  TensorFlow's list of the kept checkpoints, the latest last
+        ckpt-<step>.index           a checkpoint: the index (names, shapes, offsets, checksums)
+        ckpt-<step>.data-00000-of-00001      and the values
+        best/ckpt-<step>.*          the best by validation accuracy
+        .lock                       held by the one process training the run (its id inside)
+
+Every file lowlevel writes here is written whole or not at all: to a temporary
+name, then renamed over the old one (`atomic_write`); TensorFlow saves a
+checkpoint the same way and names it in `checkpoint` only once it is complete.
+A checkpoint is only trusted after `verify` has read every value back through
+TensorFlow's checksums, because TensorFlow itself does not notice a truncated
+or missing file until it restores, and then fails with a traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from lowlevel.config import Config, ConfigError
+
+
+class RunError(Exception):
+    """A problem with the run folder or its checkpoints, told in one sentence."""
+
+
+class WriteError(RunError):
+    """A file of the run could not be written (a full disk, no permission)."""
+
+    def __init__(self, path: Path, error: OSError | str):
+        self.path = Path(path)
+        self.reason = error if isinstance(error, str) else (error.strerror or str(error))
+        super().__init__(f"{path}: could not be written ({self.reason})")
+
+
+class DamagedCheckpoint(RunError):
+    """A checkpoint whose files are missing, empty, truncated or fail their checksums."""
+
+    def __init__(self, file: Path, problem: str):
+        self.file, self.problem = Path(file), problem
+        super().__init__(f"{file}: {problem}")
+
+
+# ---------------------------------------------------------------- writing
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call write(tmp) for a temporary file beside `path`, then rename it to `path`.
+
+    A reader sees the old file or the new one, never half of one; if anything
+    fails, `path` is untouched, the temporary file is removed, and WriteError
+    names `path` and the reason (e.g. "No space left on device").
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise WriteError(path, e) from None
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# ---------------------------------------------------------------- one writer
+
+def lock(run: Path):
+    """Hold an exclusive lock on `run` for the life of this process; RunError if another holds it.
+
+    `fcntl.flock` on run/.lock: the kernel drops the lock when its process ends,
+    however it ends (SIGKILL included), so a killed run never blocks its --resume.
+    Returns the open lock file, which must stay referenced while training.
+    """
+    path = Path(run) / ".lock"
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise WriteError(path, e) from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise WriteError(path, e) from None
+        raise RunError(f"{run}: is being trained by another process (id {pid}); wait for it to end, or stop it "
+                       f"(kill {pid}), before training this run.") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+    except OSError as e:
+        f.close()
+        raise WriteError(path, e) from None
+    return f
+
+
+def refuse_if_locked(run: Path) -> None:
+    """RunError naming the process that is training `run`, if one is (the lock is taken and released)."""
+    if (Path(run) / ".lock").is_file():
+        lock(run).close()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+_STEP = re.compile(r"ckpt-(\d+)$")
+
+
+def step_of(prefix: str | Path) -> int:
+    """The step number of a checkpoint prefix .../ckpt-<step>."""
+    m = _STEP.search(str(prefix))
+    return int(m.group(1)) if m else -1
+
+
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The checkpoint prefixes in `folder` that have an index or a data file, newest (highest step) first."""
+    found = {Path(str(p).split(".index")[0].split(".data-")[0]) for p in Path(folder).glob("ckpt-*")
+             if p.is_file() and (p.name.endswith(".index") or ".data-" in p.name)}
+    return sorted((p for p in found if step_of(p) >= 0), key=step_of, reverse=True)
+
+
+def verify(prefix: str | Path) -> None:
+    """Raise DamagedCheckpoint unless every file of the checkpoint exists and every value reads back.
+
+    Checked in order: the index (missing, empty, not a valid table), the data
+    shards it needs (missing, empty), then every tensor, read through TensorFlow's
+    CRC32C checksums (a truncated shard, a flipped byte).  Reads the whole
+    checkpoint: about 40 MB, well under a second, for the default MobileNet.
+    """
+    from lowlevel._tf import tf
+
+    prefix = Path(prefix)
+    index = Path(f"{prefix}.index")
+    if not index.is_file():
+        raise DamagedCheckpoint(index, "is missing")
+    if index.stat().st_size == 0:
+        raise DamagedCheckpoint(index, "is empty")
+    shards = sorted(prefix.parent.glob(f"{prefix.name}.data-*-of-*"))
+    expected = int(shards[0].name.rsplit("-of-", 1)[1]) if shards else 1
+    for i in range(expected):
+        shard = Path(f"{prefix}.data-{i:05d}-of-{expected:05d}")
+        if not shard.is_file():
+            raise DamagedCheckpoint(shard, "is missing")
+        if shard.stat().st_size == 0:
+            raise DamagedCheckpoint(shard, "is empty")
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        keys = list(reader.get_variable_to_shape_map())
+    except Exception as e:  # noqa: BLE001 - TensorFlow raises several kinds for a bad table
+        raise DamagedCheckpoint(index, f"is damaged ({_first_line(e)})") from None
+    data = shard if expected == 1 else Path(f"{prefix}.data-*-of-{expected:05d}")
+    for key in keys:
+        try:
+            reader.get_tensor(key)
+        except Exception as e:  # noqa: BLE001 - IndexError for a short file, DataLossError for a bad checksum
+            raise DamagedCheckpoint(data, f"is truncated or damaged ({_first_line(e)})") from None
+
+
+def intact(run: Path, before: int | None = None) -> list[Path]:
+    """The checkpoints of `run` (and of run/best) that pass `verify`, newest first; only
+    those before step `before` if given."""
+    found = []
+    for prefix in checkpoints_in(run) + checkpoints_in(run / "best"):
+        if before is not None and step_of(prefix) >= before:
+            continue
+        try:
+            verify(prefix)
+            found.append(prefix)
+        except DamagedCheckpoint:
+            pass
+    return sorted(found, key=step_of, reverse=True)
+
+
+def set_aside_after(run: Path, step: int) -> Path | None:
+    """Move every checkpoint of `run` and run/best later than `step` into run/set-aside-<time>/,
+    and drop them from TensorFlow's `checkpoint` lists.  Returns that folder, or None if nothing moved.
+
+    For `--from-checkpoint`: the run goes back to `step`, so later checkpoints belong to a
+    future it will recompute; they are kept (a user may still want them), not deleted.
+    """
+    moved_to = None
+    for folder in (run, run / "best"):
+        later = [p for p in checkpoints_in(folder) if step_of(p) > step]
+        if not later:
+            continue
+        if moved_to is None:
+            moved_to = run / time.strftime("set-aside-%Y%m%d-%H%M%S")
+        dest = moved_to / folder.relative_to(run)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for prefix in later:
+                for f in prefix.parent.glob(f"{prefix.name}.*"):
+                    shutil.move(str(f), dest / f.name)
+        except OSError as e:
+            raise WriteError(dest, e) from None
+        _keep_in_state(folder, step)
+    return moved_to
+
+
+def _keep_in_state(folder: Path, step: int) -> None:
+    """Rewrite folder/checkpoint without the checkpoints after `step` (timestamps kept, names relative)."""
+    from google.protobuf import text_format
+
+    from lowlevel._tf import tf
+
+    state = tf.train.get_checkpoint_state(str(folder))
+    if state is None:
+        return
+    pairs = list(zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps or
+                     [state.last_preserved_timestamp] * len(state.all_model_checkpoint_paths)))
+    kept = [(os.path.basename(p), t) for p, t in pairs if step_of(p) <= step]
+    path = folder / "checkpoint"
+    if not kept:
+        try:
+            path.unlink()
+        except OSError as e:
+            raise WriteError(path, e) from None
+        return
+    del state.all_model_checkpoint_paths[:]
+    del state.all_model_checkpoint_timestamps[:]
+    state.all_model_checkpoint_paths.extend(p for p, _ in kept)
+    state.all_model_checkpoint_timestamps.extend(t for _, t in kept)
+    state.model_checkpoint_path = kept[-1][0]
+    write_text(path, text_format.MessageToString(state))
+
+
+def check_state_file(folder: Path) -> None:
+    """Refuse a folder whose checkpoints exist but whose `checkpoint` list naming the latest is unreadable.
+
+    (`tf.train.latest_checkpoint` would answer None and a resume would silently start
+    again from scratch: tensorflow/tensorflow#35148.)
+    """
+    if not checkpoints_in(folder):
+        return
+    state = folder / "checkpoint"
+    try:
+        ok = re.search(r'^model_checkpoint_path: "[^"]+"$', state.read_text(), re.MULTILINE) is not None
+    except (OSError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise RunError(f"{state}: the checkpoint list is missing or unreadable although checkpoints exist; "
+                       f"restore it (it names the latest ckpt-N) before resuming.")
+
+
+def latest(folder: Path) -> Path | None:
+    """The checkpoint `folder/checkpoint` names as the latest (its files not checked), or None."""
+    from lowlevel._tf import tf
+
+    check_state_file(folder)
+    state = tf.train.get_checkpoint_state(str(folder))
+    return Path(folder) / os.path.basename(state.model_checkpoint_path) if state else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]
+
+
+def names(prefixes: list[Path], run: Path) -> str:
+    """'ckpt-20, ckpt-10 and best/ckpt-20': checkpoint prefixes relative to the run folder."""
+    rel = [str(p.relative_to(run)) if p.is_relative_to(run) else str(p) for p in prefixes]
+    return rel[0] if len(rel) == 1 else ", ".join(rel[:-1]) + " and " + rel[-1]
+
+
+# ---------------------------------------------------------------- loading a run
+
+def locate(path: str | Path, best: bool = False) -> tuple[Path, Path]:
+    """(run folder, checkpoint prefix) for a run folder (its latest, or best, checkpoint) or one prefix."""
+    p = Path(path)
+    if p.is_dir():
+        folder = p / "best" if best else p
+        prefix = latest(folder)
+        if prefix is None:
+            what = "best checkpoint" if best else "checkpoint"
+            raise RunError(f"{folder}: holds no {what}; train first, or give a checkpoint prefix "
+                           f"such as {p}/ckpt-390.")
+        return p, prefix
+    if Path(f"{p}.index").is_file() or list(p.parent.glob(f"{p.name}.data-*")):
+        return (p.parent.parent if p.parent.name == "best" else p.parent), p
+    raise RunError(f"{p}: is neither a run folder nor a checkpoint (no {p.name}.index); "
+                   f"give checkpoints/<run> or checkpoints/<run>/ckpt-N.")
+
+
+def build_model(cfg: Config, num_classes: int, input_size: int = 32):
+    """The model a run's config describes (the one place that turns config.json into a network)."""
+    from lowlevel.mobilenet import MobileNetV1
+
+    return MobileNetV1(num_classes=num_classes, alpha=cfg.alpha, input_size=input_size, stem_stride=1,
+                       dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, precision=cfg.precision)
+
+
+def has_normalization(prefix: Path) -> bool:
+    """Whether the checkpoint holds the normalization statistics (runs since 2026-11-25 do)."""
+    from lowlevel._tf import tf
+
+    return any(k.startswith("normalization/") for k in tf.train.load_checkpoint(str(prefix))
+               .get_variable_to_shape_map())
+
+
+@dataclasses.dataclass
+class Loaded:
+    run: Path  # the run folder
+    prefix: Path  # the checkpoint restored
+    config: Config
+    model: object  # MobileNetV1, its variables restored
+    normalization: object  # pipeline.Normalization the run trained with
+    data: object  # cifar10.CIFAR10 the run evaluates on
+    note: str = ""  # a notice for the user, e.g. that the normalization had to be recomputed
+
+
+def load(path: str | Path, best: bool = False, data_path: str = "") -> Loaded:
+    """Restore a run's model from a run folder or a checkpoint prefix, with its config, normalization
+    and data.  Errors (RunError, ConfigError, cifar10.DataError) are one sentence."""
+    from lowlevel._tf import tf
+
+    from lowlevel import cifar10, pipeline
+
+    run, prefix = locate(path, best)
+    if not (run / "config.json").is_file():
+        raise RunError(f"{run}: has no config.json, so the model cannot be rebuilt; "
+                       f"give a run folder written by python -m lowlevel.train.")
+    cfg = Config.from_json(run / "config.json")
+    verify(prefix)
+    data = cifar10.load(data_path or cfg.data or "data")
+    model = build_model(cfg, len(data.label_names), data.train_images.shape[1])
+    objects = {"model": model}
+    note = ""
+    if has_normalization(prefix):
+        norm = objects["normalization"] = pipeline.Normalization.placeholder(data.train_images.shape[-1])
+    else:  # a run from before the statistics were saved: recompute them as it did
+        train_x, _, _, _ = pipeline.split_validation(data.train_images, data.train_labels, cfg.val_size)
+        norm = pipeline.Normalization.of(train_x)
+        note = (f"note: {prefix} predates saved normalization statistics; they were recomputed from "
+                f"{cifar10.find(data_path or cfg.data or 'data')}")
+    try:
+        tf.train.Checkpoint(**objects).read(str(prefix)).assert_existing_objects_matched().expect_partial()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise RunError(f"{prefix}: cannot be restored into the model its config.json describes "
+                       f"({_first_line(e)}); it is from another run or another version of lowlevel.") from None
+    return Loaded(run, prefix, cfg, model, norm, data, note)
+
+
+__all__ = ["RunError", "WriteError", "DamagedCheckpoint", "ConfigError", "atomic_write", "write_text", "lock",
+           "verify", "intact", "set_aside_after", "check_state_file", "latest", "locate", "build_model", "load"]
