@@ -9,6 +9,7 @@ One module per concept (see README.md):
     summary   per-layer parameters and multiply-adds, counted from shapes
     optim     hand-written SGD and Adam, weight decay, learning-rate schedules
     config    the training configuration: defaults, CLI flags and config.json
+    runs      the run folder: one writer, whole-file writes, verified checkpoints, loading a run
     train     python -m lowlevel.train: the compiled step, checkpoints, resume
     evaluate  python -m lowlevel.evaluate: test accuracy, per class, confusion matrix
     plots     learning curves and confusion matrix (matplotlib)

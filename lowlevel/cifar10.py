@@ -20,16 +20,19 @@ called.  This module does not import TensorFlow.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import os
 import pickle
 import shutil
+import struct
 import sys
 import tarfile
 import tempfile
 import urllib.request
+import warnings
 import zlib
 from pathlib import Path, PurePosixPath
 
@@ -70,35 +73,78 @@ def _numpy_core():
     return getattr(np, "_core", None) or np.core
 
 
+class _Refused(Exception):
+    """Something a CIFAR-10 file never holds; read_pickle names the file."""
+
+
+def _plain(dtype) -> np.dtype:
+    """`dtype` if it is a plain number type (bool, int, uint, float: no objects, fields or flags)."""
+    if not (isinstance(dtype, np.dtype) and dtype.kind in "biuf" and dtype.fields is None
+            and dtype.subdtype is None and not dtype.hasobject):
+        raise _Refused(f"the array type {dtype!r}")
+    return dtype
+
+
+def _safe_dtype(obj, align=False, copy=False) -> np.dtype:
+    """numpy.dtype, for a number type's code only (b"u1", "<i8", ...)."""
+    if not isinstance(obj, (str, bytes)) or align not in (0, 1, False, True) or copy not in (0, 1, False, True):
+        raise _Refused(f"the array type {obj!r}")
+    try:
+        return _plain(np.dtype(obj.decode("latin1") if isinstance(obj, bytes) else obj))
+    except TypeError:
+        raise _Refused(f"the array type {obj!r}") from None
+
+
 def _allowed_globals() -> dict[tuple[str, str], object]:
     core = _numpy_core()
     reconstruct = core.multiarray._reconstruct
     frombuffer = core.numeric._frombuffer
     import _codecs
 
+    def safe_reconstruct(subtype, shape, typecode):
+        if subtype is not np.ndarray:
+            raise _Refused(f"an array of class {subtype!r}")
+        return reconstruct(subtype, shape, typecode)
+
+    def safe_frombuffer(buf, dtype, shape, order):
+        return frombuffer(buf, _plain(dtype), shape, order)
+
     return {
         # the official files (Python 2, protocol 2) and numpy 1 pickles
-        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy.core.multiarray", "_reconstruct"): safe_reconstruct,
         # numpy 2 pickles, protocols 2-4
-        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): safe_reconstruct,
         # numpy pickles at protocol 5 (out-of-band capable buffers)
-        ("numpy.core.numeric", "_frombuffer"): frombuffer,
-        ("numpy._core.numeric", "_frombuffer"): frombuffer,
+        ("numpy.core.numeric", "_frombuffer"): safe_frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): safe_frombuffer,
         ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "dtype"): _safe_dtype,
         # Python 3 writes bytes as _codecs.encode(str, "latin1") at protocol 2
         ("_codecs", "encode"): _codecs.encode,
     }
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """An unpickler that can build numpy arrays, dicts, lists and strings, nothing else."""
+# The state a plain number dtype is pickled with (numpy's dtype.__reduce__, version 3):
+# (3, byte order, subarray, names, fields, elsize, alignment, flags)
+_DTYPE_STATE_TAIL = (None, None, None, -1, -1, 0)
+
+
+class _SafeUnpickler(pickle._Unpickler):
+    """An unpickler that can build numpy arrays of numbers, dicts, lists and strings, nothing else.
+
+    Python's own (pure Python) unpickler, so that BUILD, the opcode that sets an object's state,
+    can be checked too: numpy's dtype.__setstate__ would otherwise accept any flags, e.g. one
+    claiming a uint8 array holds Python objects (numpy then fails when it frees the array, with
+    an internal error printed to stderr).  Only a plain dtype's exact state and an array state
+    of (version, shape, plain dtype, fortran order, raw bytes) are let through.
+    """
 
     allowed = _allowed_globals()
+    dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, path: Path):
+    def __init__(self, file, path: Path, size: int):
         super().__init__(file, encoding="bytes")
-        self.path = path
+        self.path, self.size = path, size
 
     def find_class(self, module: str, name: str):
         try:
@@ -114,9 +160,58 @@ class _SafeUnpickler(pickle.Unpickler):
         raise DataError(f"{self.path}: uses pickle persistent ids, which a CIFAR-10 file never does; "
                         f"replace it with the official one.")
 
+    def load_build(self):
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.dtype):
+            ok = (isinstance(state, tuple) and len(state) == 8 and state[0] == 3
+                  and state[1] in ("|", "<", ">", "=", b"|", b"<", b">", b"=") and state[2:] == _DTYPE_STATE_TAIL)
+        elif type(inst) is np.ndarray:
+            ok = (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)
+                  and isinstance(state[4], (bytes, bytearray)))
+            if ok:
+                _plain(state[2])
+        else:
+            ok = False
+        if not ok:
+            raise _Refused(f"the state {type(state).__name__} of a {type(inst).__name__}")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_bytearray8(self):
+        """BYTEARRAY8 (protocol 5): its length is at most the file's.  Python allocates and zeroes the
+        bytearray before reading into it, so a damaged length of many gigabytes would exhaust memory."""
+        size, = struct.unpack("<Q", self.read(8))
+        if size > self.size:
+            raise pickle.UnpicklingError(f"a bytearray of {size} bytes in a file of {self.size}")
+        data = bytearray(size)
+        self.readinto(data)
+        self.append(data)
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
 
 def _text(value) -> str:
     return value.decode("latin1") if isinstance(value, bytes) else str(value)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """While a pickle is read, a damaged file must end in one DataError sentence with nothing else
+    on stderr: a warning is an error (numpy warns about some malformed dtypes, e.g. "align should
+    be passed as Python or NumPy boolean"), and what C code can only print (CPython's
+    "deallocated bytearray object has exported buffers", "Exception ignored in ...") is collected.
+    Yields the list of what was collected."""
+    ignored: list[BaseException] = []
+    hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = lambda u: ignored.append(u.exc_value or RuntimeError("unraisable"))
+    sys.excepthook = lambda kind, value, tb: ignored.append(value)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield ignored
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
 
 
 def read_pickle(path: Path) -> dict[str, object]:
@@ -127,14 +222,22 @@ def read_pickle(path: Path) -> dict[str, object]:
         raise DataError(f"{path}: cannot be read ({e.strerror}); check the file's permissions.") from None
     if not raw:
         raise DataError(f"{path}: the file is empty; download CIFAR-10 again.")
-    try:
-        obj = _SafeUnpickler(io.BytesIO(raw), path).load()
-    except DataError:
-        raise
-    except Exception as e:  # truncated, not a pickle, or a malformed one
-        raise DataError(
-            f"{path}: is truncated or not a pickle ({type(e).__name__}); download CIFAR-10 again."
-        ) from None
+    obj, refused, failure = None, None, None
+    with _quiet() as ignored:
+        try:
+            obj = _SafeUnpickler(io.BytesIO(raw), path, len(raw)).load()
+        except DataError as e:
+            refused = e.with_traceback(None)  # no frame: nothing the unpickler built outlives _quiet
+        except _Refused as e:
+            refused = DataError(f"{path}: holds {e}, which no CIFAR-10 file does; replace it with the official one.")
+        except Exception as e:  # noqa: BLE001 - truncated, not a pickle, or a malformed one
+            failure = type(e).__name__
+    if refused is not None:
+        raise refused
+    if failure is None and ignored:
+        failure = type(ignored[0]).__name__
+    if failure is not None:
+        raise DataError(f"{path}: is truncated or not a pickle ({failure}); download CIFAR-10 again.")
     if not isinstance(obj, dict):
         raise DataError(f"{path}: holds a {type(obj).__name__}, not the dict a CIFAR-10 batch is; "
                         f"download CIFAR-10 again.")

@@ -23,9 +23,17 @@ import fakecifar
 from lowlevel import cifar10
 
 FILES = (*fakecifar.TRAIN_FILES, "test_batch", "batches.meta")
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+# CI: the same 800 cases per test every run (about 30 s in all).  A deeper, random search:
+# LOWLEVEL_FUZZ_EXAMPLES=5000 python -m pytest tests/test_readers_fuzz.py
+DEEP = int(os.environ.get("LOWLEVEL_FUZZ_EXAMPLES", "0"))
+SETTINGS = settings(max_examples=DEEP or 800, deadline=None, derandomize=not DEEP, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 CASE_SECONDS = 10  # a case taking longer counts as a hang
+
+
+class Folder(tuple):
+    def __repr__(self):  # hypothesis prints the fixtures of a failing case
+        return f"<a tiny CIFAR-10 in {self[0]}>"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +41,7 @@ def folder(tmp_path_factory):
     """A good tiny CIFAR-10 and its files' bytes, restored after each case."""
     root = tmp_path_factory.mktemp("fuzz")
     fakecifar.write(root / cifar10.FOLDER, "py2")
-    return root / cifar10.FOLDER, {n: (root / cifar10.FOLDER / n).read_bytes() for n in FILES}
+    return Folder((root / cifar10.FOLDER, {n: (root / cifar10.FOLDER / n).read_bytes() for n in FILES}))
 
 
 @contextlib.contextmanager
@@ -176,3 +184,34 @@ def test_a_damaged_archive(archive, tmp_path_factory, how, where, xor, extra):
                                              progress=False))
     check_outcome(load)
     assert not list((work / "data").glob(".cifar10-download-*"))  # no temporary folder left behind
+
+
+# ---------------------------------------------------------------- cases the search found
+
+def test_a_dtype_whose_flags_claim_python_objects_is_refused(folder):
+    """Found by the search above: a flipped byte in the dtype's flags made numpy think a uint8
+    array held Python objects, and it printed "Internal error, `get_clear_loop` not set" when it
+    freed the array.  Every flags value but 0 must be one DataError, silently."""
+    raw = folder[1]["data_batch_1"]
+    state = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffJ\x00\x00\x00\x00tb"  # ..., -1, -1, flags = 0) BUILD
+    assert raw.count(state) == 1
+    for flags in range(1, 256):
+        bad = raw.replace(state, state[:11] + bytes([flags]) + state[12:])
+        assert check_outcome(damaged(folder, "data_batch_1", bad)) == "error"
+
+
+def test_a_huge_bytearray_length_is_refused_silently(folder):
+    """Found by the search above: BYTEARRAY8 with a huge length made CPython's C unpickler print
+    "SystemError: deallocated bytearray object has exported buffers"."""
+    raw = folder[1]["data_batch_2"]
+    assert check_outcome(damaged(folder, "data_batch_2", b"\x96\x01\xe3\xda" + raw)) == "error"
+
+
+def test_a_bytearray_longer_than_the_file_is_refused_before_memory_is_spent(tmp_path):
+    """BYTEARRAY8 of 16 GiB: Python's unpickler would allocate and zero it all before reading."""
+    import struct
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x05\x96" + struct.pack("<Q", 2 ** 34) + b"x" * 10 + b".")
+    with bounded_and_silent() as stderr, pytest.raises(cifar10.DataError, match="is truncated or not a pickle"):
+        cifar10.read_pickle(path)
+    assert stderr == [""]
