@@ -417,11 +417,7 @@ class Loop:
                     f"the training loss became {loss} by step {t.step}; the last good checkpoint "
                     f"({self.manager.latest_checkpoint or 'none yet'}) is kept: start a new run with a lower --lr.")
             if clock.calls == clock.ESTIMATE_AFTER and t.step < self.limit:
-                per = clock.seconds_per_step(t.step)
-                ends = datetime.fromtimestamp(time.time() + per * (self.limit - t.step))
-                print(f"speed: {cfg.batch_size / per:.0f} images/s over steps {clock.first_step + 1}-{t.step}; the "
-                      f"{self.limit - t.step} steps left should take about {duration(per * (self.limit - t.step))} "
-                      f"(ending around {ends:%Y-%m-%d %H:%M}, validation not counted)", flush=True)
+                self.estimate(clock.seconds_per_step(t.step))
             if self.bar:
                 acc = int(t.epoch_correct.numpy()) / max(seen, 1)
                 elapsed = time.perf_counter() - start
@@ -431,6 +427,16 @@ class Loop:
         if self.bar:
             print(file=sys.stderr)
         return lr, time.perf_counter() - start, int(t.epoch_seen.numpy()) - before
+
+    def estimate(self, per: float) -> None:
+        """Say how long what is left should take, at `per` seconds per step (validation not counted)."""
+        step, clock = self.trainer.step, self.clock
+        ends = datetime.fromtimestamp(time.time() + per * (self.limit - step))
+        whole = (f"; the whole run's {self.total - step} steps, about {duration(per * (self.total - step))}"
+                 if self.limit < self.total else "")
+        print(f"speed: {self.cfg.batch_size / per:.0f} images/s over steps {clock.first_step + 1}-{step}; the "
+              f"{self.limit - step} steps left should take about {duration(per * (self.limit - step))} (ending "
+              f"around {ends:%Y-%m-%d %H:%M}, validation not counted){whole}", flush=True)
 
     def end_epoch(self, lr: float, seconds: float, images: int) -> None:
         """Validate, append to history.csv, save (and maybe save as best), redraw the curves, print the line."""

@@ -155,10 +155,10 @@ def test_sigint_saves_and_resume_completes_without_gaps(tmp_path, data):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "SIGINT: saving a checkpoint" in err and "Traceback" not in err
-    assert "--resume" in out
     stopped = len(pd.read_csv(run / "history.csv"))
     assert stopped < 12 and (run / "learning_curves.png").stat().st_size > 10_000  # drawn at every epoch's end
-    train(tmp_path, "--run-name", "s", "--resume", "--data", str(data))
+    done = run_printed(out.strip().splitlines()[-1], tmp_path, "continue with:")  # as printed
+    assert done.returncode == 0, done.stderr[-2000:]
     history = pd.read_csv(run / "history.csv")
     assert history.epoch.tolist() == list(range(1, 13))  # no gap, no duplicate
 
