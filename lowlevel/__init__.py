@@ -12,7 +12,8 @@ One module per concept (see README.md):
     runs      the run folder: one writer, whole-file writes, verified checkpoints, loading a run
     train     python -m lowlevel.train: the compiled step, checkpoints, resume
     evaluate  python -m lowlevel.evaluate: test accuracy, per class, confusion matrix
-    plots     learning curves and confusion matrix (matplotlib)
+    inspect   python -m lowlevel.inspect: per-layer statistics and pictures of a trained run
+    plots     learning curves, confusion matrix, inspect's figures (matplotlib)
     bench     python -m lowlevel.bench: throughput against Keras (imports Keras)
     data      python -m lowlevel.data: download or check CIFAR-10
 

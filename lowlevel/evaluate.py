@@ -10,7 +10,6 @@ matrix, and writes them beside the checkpoint as CSV and PNG.
 """
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return evaluate(args.checkpoint, args.best, args.data)
     except runs.DamagedCheckpoint as e:
-        print(f"error: {e}; {_instead(e)}", file=sys.stderr)
+        print(f"error: {e}; {runs.instead(e, 'python -m lowlevel.evaluate')}", file=sys.stderr)
         return 2
     except runs.WriteError as e:
         print(f"error: {e}; free some space or fix the folder's permissions.", file=sys.stderr)
@@ -41,17 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     except (runs.RunError, ConfigError, cifar10.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-def _instead(e: runs.DamagedCheckpoint) -> str:
-    """Which intact checkpoint to evaluate instead of a damaged one."""
-    folder = e.file.parent
-    run = folder.parent if folder.name == "best" else folder
-    others = [p for p in runs.intact(run) if p.name != e.file.name.split(".")[0]]
-    if not others:
-        return "the run has no intact checkpoint left to evaluate."
-    return (f"the checkpoints {runs.names(others, run)} are intact: evaluate one with "
-            f"python -m lowlevel.evaluate --checkpoint {shlex.quote(str(others[0]))}")
 
 
 def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:

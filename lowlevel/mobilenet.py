@@ -80,9 +80,15 @@ class SeparableBlock(tf.Module):
             self.pointwise = Conv2D(in_channels, out_channels, 1, compute_dtype=compute_dtype, name="pointwise")
             self.bn_pointwise = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_pointwise")
 
-    def __call__(self, x, training: bool):
-        x = relu6(self.bn_depthwise(self.depthwise(x), training))  # [B, H', W', C_in]
-        return relu6(self.bn_pointwise(self.pointwise(x), training))  # [B, H', W', C_out]
+    def __call__(self, x, training: bool, taps=None, name: str = ""):
+        """taps: a dict to record into (see MobileNetV1.__call__), under `name`.depthwise and .pointwise."""
+        z = self.depthwise(x)  # [B, H', W', C_in], the batch norm's input
+        x = relu6(self.bn_depthwise(z, training))  # [B, H', W', C_in]
+        _tap(taps, f"{name}.depthwise", z, x)
+        z = self.pointwise(x)  # [B, H', W', C_out]
+        x = relu6(self.bn_pointwise(z, training))  # [B, H', W', C_out]
+        _tap(taps, f"{name}.pointwise", z, x)
+        return x
 
     def inference(self, x):
         """__call__(x, training=False) with each batch norm folded into its convolution, in x's dtype."""
@@ -102,8 +108,11 @@ class StandardBlock(tf.Module):
             self.conv = Conv2D(in_channels, out_channels, 3, stride, compute_dtype=compute_dtype, name="conv")
             self.bn = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn")
 
-    def __call__(self, x, training: bool):
-        return relu6(self.bn(self.conv(x), training))  # [B, H', W', C_out]
+    def __call__(self, x, training: bool, taps=None, name: str = ""):
+        z = self.conv(x)  # [B, H', W', C_out], the batch norm's input
+        x = relu6(self.bn(z, training))  # [B, H', W', C_out]
+        _tap(taps, f"{name}.conv", z, x)
+        return x
 
     def inference(self, x):
         """__call__(x, training=False) with the batch norm folded into the convolution, in x's dtype."""
@@ -153,14 +162,39 @@ class MobileNetV1(tf.Module):
         """The stride of every layer that has one, in order: the stem, then each block."""
         return [self.stem_stride] + [row.stride for row in BODY]
 
-    def __call__(self, images: tf.Tensor, training: bool = False, seed=None) -> tf.Tensor:
-        """images [B, S, S, 3] -> logits [B, num_classes].  `seed`: the dropout key (see layers.dropout)."""
-        x = relu6(self.bn_stem(self.stem(images), training))  # [B, S/stem_stride, ., 32a]
-        for block in self.blocks:
-            x = block(x, training)  # [B, H', W', C']; 2x2 (CIFAR) or 7x7 (ImageNet) at the end
+    def __call__(self, images: tf.Tensor, training: bool = False, seed=None, taps: bool | str = False):
+        """images [B, S, S, 3] -> logits [B, num_classes].  `seed`: the dropout key (see layers.dropout).
+
+        taps=True returns instead a dict of every convolution layer's output after its batch norm and
+        relu6, in order and named as in `conv_layers()` ("stem", "blocks[0].depthwise", ...), then
+        "logits"; taps="pre" adds each batch norm's input under "<name>:bn_input".  With taps=False
+        (the training step's case) nothing is recorded and the traced graph is the plain one.
+        """
+        record = {} if taps else None
+        z = self.stem(images)  # [B, S/stem_stride, ., 32a]
+        x = relu6(self.bn_stem(z, training))
+        _tap(record, "stem", z, x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, training, record, f"blocks[{i}]")  # [B, H', W', C']; 2x2 (CIFAR) at the end
         x = global_average_pool(x)  # [B, 1024a]
         x = dropout(x, self.dropout_rate, training, seed)
-        return self.classifier(x)  # [B, num_classes]
+        logits = self.classifier(x)  # [B, num_classes]
+        if not taps:
+            return logits
+        record["logits"] = logits
+        return {k: v for k, v in record.items() if taps == "pre" or not k.endswith(":bn_input")}
+
+    def conv_layers(self) -> list[tuple[str, tf.Module, BatchNorm]]:
+        """(name, convolution, its batch norm) for every convolution, in order: the stem, then each
+        block's depthwise and pointwise (or, standard, its 3x3) convolution."""
+        found = [("stem", self.stem, self.bn_stem)]
+        for i, block in enumerate(self.blocks):
+            if isinstance(block, SeparableBlock):
+                found += [(f"blocks[{i}].depthwise", block.depthwise, block.bn_depthwise),
+                          (f"blocks[{i}].pointwise", block.pointwise, block.bn_pointwise)]
+            else:
+                found.append((f"blocks[{i}].conv", block.conv, block.bn))
+        return found
 
     def inference(self, images: tf.Tensor) -> tf.Tensor:
         """The same logits as __call__(images, training=False), faster: every batch norm is folded into
@@ -179,6 +213,12 @@ class MobileNetV1(tf.Module):
         for block in self.blocks:
             x = block.inference(x)
         return self.classifier(global_average_pool(tf.cast(x, tf.float32)))  # [B, num_classes]
+
+
+def _tap(taps: dict | None, name: str, bn_input, output) -> None:
+    if taps is not None:
+        taps[f"{name}:bn_input"] = bn_input
+        taps[name] = output
 
 
 def _check(num_classes, alpha, input_size, stem_stride, rate) -> None:

@@ -1,4 +1,4 @@
-"""Figures: learning curves from history.csv, and a confusion matrix.
+"""Figures: learning curves from history.csv, a confusion matrix, and what `inspect` finds inside a run.
 
     python -m lowlevel.plots RUN_DIR        # writes RUN_DIR/learning_curves.png
 
@@ -55,6 +55,112 @@ def confusion_matrix(matrix: np.ndarray, names: list[str], out: str | Path, titl
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, label="fraction of the true class")
+    fig.tight_layout()
+    _save(fig, Path(out))
+    return Path(out)
+
+
+# ---------------------------------------------------------------- inside a run (python -m lowlevel.inspect)
+
+def _tile(w: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] for display, symmetric about 0 (0 is mid-grey)."""
+    m = np.abs(w).max()
+    return 0.5 + 0.5 * w / m if m > 0 else np.full_like(w, 0.5)
+
+
+def stem_filters(kernel: np.ndarray, out: Path) -> Path:
+    """The stem's [3, 3, 3, C] kernel as C colour tiles of 3x3 pixels (each filter scaled on its own)."""
+    c = kernel.shape[-1]
+    cols = 8
+    rows = -(-c // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i < c:
+            ax.imshow(_tile(kernel[..., i]), interpolation="nearest")
+    fig.suptitle(f"stem: {c} filters 3x3x3 (RGB; grey = 0)")
+    _save(fig, Path(out))
+    return Path(out)
+
+
+def depthwise_filters(kernel: np.ndarray, out: Path, name: str) -> Path:
+    """A depthwise [3, 3, C, 1] kernel as C grey 3x3 tiles on one colour scale."""
+    w = kernel[..., 0]  # [3, 3, C]
+    c = w.shape[-1]
+    cols = 16
+    rows = -(-c // cols)
+    m = np.abs(w).max()
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.5))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i < c:
+            ax.imshow(w[..., i], cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+    fig.suptitle(f"{name}: {c} filters 3x3, one per channel (red > 0 > blue)")
+    _save(fig, Path(out))
+    return Path(out)
+
+
+def feature_maps(maps: dict, image: np.ndarray, out: Path, title: str, channels: int = 6) -> Path:
+    """One row per layer: the image, then its `channels` most active channels of that layer's output."""
+    names = list(maps)
+    fig, axes = plt.subplots(len(names), channels + 1, figsize=((channels + 1) * 1.1, len(names) * 1.1))
+    for row, name in zip(np.atleast_2d(axes), names):
+        for ax in row:
+            ax.axis("off")
+        row[0].imshow(image)
+        row[0].text(-2, image.shape[0] / 2, name, ha="right", va="center", fontsize=7)
+        m = maps[name]  # [H, W, C]
+        for ax, c in zip(row[1:], np.argsort(-m.mean((0, 1)))[:channels]):
+            ax.imshow(m[..., c], cmap="viridis", vmin=0, vmax=6, interpolation="nearest")
+    fig.suptitle(f"{title}: the {channels} most active channels of every layer (0 to 6)")
+    fig.subplots_adjust(left=0.22, right=0.98, top=1 - 0.6 / (len(names) * 1.1), bottom=0.01)
+    _save(fig, Path(out))
+    return Path(out)
+
+
+def histograms(counts: dict, bins: np.ndarray, out: Path, title: str) -> Path:
+    """Small multiples: each layer's distribution of outputs over [0, 6], log scale."""
+    names = list(counts)
+    cols = 6
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 1.6), sharex=True)
+    for ax, name in zip(np.ravel(axes), names):
+        ax.bar(bins[:-1], np.maximum(counts[name], 1), width=np.diff(bins), align="edge")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in np.ravel(axes)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: outputs after relu6")
+    fig.tight_layout()
+    _save(fig, Path(out))
+    return Path(out)
+
+
+def dead_and_ranges(table, out: Path, title: str) -> Path:
+    """Across depth: dead channels per layer, and the folded weight-range ratio (log scale)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    x = np.arange(len(table))
+    colours = ["tab:orange" if "depthwise" in n else "tab:blue" for n in table.layer]
+    top.bar(x, table.dead_channels, color=colours)
+    top.set(ylabel="dead channels", title=f"{title} (orange: depthwise)")
+    bottom.bar(x, table.weight_range_ratio, color=colours)
+    bottom.set(yscale="log", ylabel="max / median channel range\n(batch norm folded)")
+    bottom.set_xticks(x, table.layer, rotation=90, fontsize=7)
+    fig.tight_layout()
+    _save(fig, Path(out))
+    return Path(out)
+
+
+def batch_norms(moving: dict, out: Path, title: str) -> Path:
+    """Box plots per layer of the batch norms' moving means and moving variances."""
+    names = list(moving)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    top.boxplot([moving[n][0] for n in names], showfliers=False)
+    top.set(ylabel="moving mean", title=title)
+    bottom.boxplot([moving[n][1] for n in names], showfliers=False)
+    bottom.set(yscale="log", ylabel="moving variance")
+    bottom.set_xticks(np.arange(1, len(names) + 1), names, rotation=90, fontsize=7)
     fig.tight_layout()
     _save(fig, Path(out))
     return Path(out)

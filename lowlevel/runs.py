@@ -275,6 +275,19 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:160]
 
 
+def instead(e: DamagedCheckpoint, command: str) -> str:
+    """'the checkpoints ckpt-20 and ckpt-10 are intact: <command> one with <command> --checkpoint .../ckpt-20'."""
+    import shlex
+
+    folder = e.file.parent
+    run = folder.parent if folder.name == "best" else folder
+    others = [p for p in intact(run) if p.name != e.file.name.split(".")[0]]
+    if not others:
+        return "the run has no intact checkpoint left."
+    return (f"the checkpoints {names(others, run)} are intact: use one with "
+            f"{command} --checkpoint {shlex.quote(str(others[0]))}")
+
+
 def names(prefixes: list[Path], run: Path) -> str:
     """'ckpt-20, ckpt-10 and best/ckpt-20': checkpoint prefixes relative to the run folder."""
     rel = [str(p.relative_to(run)) if p.is_relative_to(run) else str(p) for p in prefixes]

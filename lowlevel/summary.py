@@ -32,12 +32,11 @@ class Row:
 
 def rows(model) -> list[Row]:
     """One Row per layer of `model` (a MobileNetV1), in order.  No forward pass."""
-    size, out = model.input_size, []
-    pairs = [("stem", model.stem), ("bn_stem", model.bn_stem)]
-    for i, block in enumerate(model.blocks):
-        names = ("depthwise", "bn_depthwise", "pointwise", "bn_pointwise") if hasattr(block, "depthwise") else \
-            ("conv", "bn")
-        pairs += [(f"blocks[{i}].{n}", getattr(block, n)) for n in names]
+    size, out, pairs = model.input_size, [], []
+    for name, conv, bn in model.conv_layers():
+        prefix, _, last = name.rpartition(".")
+        bn_name = "bn_stem" if name == "stem" else f"{prefix}.{'bn' if last == 'conv' else 'bn_' + last}"
+        pairs += [(name, conv), (bn_name, bn)]
     for name, layer in pairs:
         if isinstance(layer, BatchNorm):
             out.append(Row(name, "BatchNorm", out[-1].shape, 2 * layer.channels, 2 * layer.channels, 0))

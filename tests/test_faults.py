@@ -69,7 +69,7 @@ def test_a_damaged_checkpoint_is_one_sentence_naming_the_file_and_what_is_intact
                      problem[how.split()[0]], "ckpt-20", "are intact", "python -m lowlevel.evaluate")
     assert "ckpt-30," not in line
     if how == "truncate data":  # the command it prints runs as printed
-        done = run_printed(line, tmp_path, "evaluate one with")
+        done = run_printed(line, tmp_path, "use one with")
         assert done.returncode == 0 and "ckpt-20: test loss" in done.stdout, done.stderr[-2000:]
     line = one_error(*cli("train", tmp_path, "--run-name", "d", "--resume")[::2], str(file.relative_to(tmp_path)),
                      "the older checkpoints ckpt-20", "are intact", "--from-checkpoint ckpt-20")
@@ -98,6 +98,7 @@ def test_no_intact_checkpoint_left_is_one_sentence(tmp_path, finished, cli):
         _damage(Path(str(prefix).removesuffix(".index")), "empty data")
     one_error(*cli("train", tmp_path, "--run-name", "d", "--resume")[::2], "no older checkpoint of the run is intact")
     one_error(*cli("evaluate", tmp_path, "--checkpoint", finished)[::2], "no intact checkpoint left")
+    one_error(*cli("inspect", tmp_path, "--checkpoint", finished)[::2], "no intact checkpoint left")
 
 
 # ---------------------------------------------------------------- one writer per run

@@ -1,0 +1,245 @@
+"""`python -m lowlevel.inspect`: look inside a trained run, layer by layer.
+
+    python -m lowlevel.inspect --checkpoint checkpoints/RUN [--best] [--images N] [--image K] [--block B]
+
+Restores the run (lowlevel.runs.load), passes N test images (default 1,000) through the
+model in inference mode with every layer tapped (`model(x, taps="pre")`), and writes into
+checkpoints/RUN/inspect-<step>/:
+
+  layers.csv   one row per convolution (27 for MobileNet v1, 14 for its standard variant):
+    shape                  one image's output, H x W x C
+    act_mean, act_std      of the output after batch norm and relu6
+    zero_fraction          outputs at 0 (relu6 cut them), clipped_fraction: outputs at 6
+    dead_channels          channels never above 0 on any of the N images, at any position
+    always_clipped         channels at 6 everywhere
+    gamma_min/median/max   of |gamma|, the batch norm's learned scale
+    bn_mean_shift          RMS over channels of (mean_N - moving_mean) / sqrt(moving_variance + eps),
+                           the N images' batch-norm input against the moving statistics: a train/test skew
+    bn_var_ratio           median over channels of var_N / moving_variance
+    kernel_norm            Frobenius norm of the kernel
+    weight_range_ratio     max over output channels of max|W_c| / its median, W the kernel with the batch norm
+                           folded in (BatchNorm.fold): large values make per-tensor int8 quantization lose
+                           accuracy (Sheng et al. 2018, "A Quantization-Friendly Separable Convolution for MobileNets")
+    grad_norm              norm of the loss's gradient with respect to the kernel, one batch of 100
+                           images, inference mode (the batch norms use their moving statistics)
+  PNGs         stem_filters, depthwise_filters (block B), feature_maps (test image K), histograms,
+               dead_and_ranges, batch_norms
+
+and prints a short summary.  A missing, damaged or incompatible checkpoint is one sentence,
+exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lowlevel import cifar10, runs
+from lowlevel.config import ConfigError, Parser
+
+HIST_BINS = np.linspace(0.0, 6.0, 61)  # relu6 outputs lie in [0, 6]
+
+
+def parser() -> Parser:
+    p = Parser(prog="python -m lowlevel.inspect", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a run folder, or one checkpoint prefix (.../ckpt-N)")
+    p.add_argument("--best", action="store_true", help="with a run folder: its best checkpoint, not the latest")
+    p.add_argument("--data", default="", help="cifar-10-batches-py or its parent (default: the run's --data)")
+    p.add_argument("--images", type=int, default=1000, help="test images to pass through (default 1000)")
+    p.add_argument("--image", type=int, default=0, help="the test image whose feature maps are drawn (default 0)")
+    p.add_argument("--block", type=int, default=0, help="the block whose depthwise filters are drawn (default 0)")
+    return p
+
+
+# ---------------------------------------------------------------- the statistics
+
+class Accumulator:
+    """Statistics of one layer's output and batch-norm input, accumulated over batches.
+
+    output [B, H, W, C] after relu6; bn_input [B, H, W, C] before the batch norm.
+    """
+
+    def __init__(self, channels: int):
+        self.n = 0  # values per channel seen
+        self.sum = self.sum_sq = 0.0  # over all values, for the mean and std
+        self.zeros = self.sixes = 0
+        self.channel_max = np.full(channels, -np.inf)
+        self.channel_min = np.full(channels, np.inf)
+        self.in_sum = np.zeros(channels)
+        self.in_sum_sq = np.zeros(channels)
+        self.histogram = np.zeros(len(HIST_BINS) - 1, np.int64)
+
+    def add(self, output: np.ndarray, bn_input: np.ndarray) -> None:
+        out = output.reshape(-1, output.shape[-1]).astype(np.float64)  # [B*H*W, C]
+        z = bn_input.reshape(-1, bn_input.shape[-1]).astype(np.float64)
+        self.n += len(out)
+        self.sum += out.sum()
+        self.sum_sq += np.square(out).sum()
+        self.zeros += int((out <= 0).sum())
+        self.sixes += int((out >= 6).sum())
+        self.channel_max = np.maximum(self.channel_max, out.max(0))
+        self.channel_min = np.minimum(self.channel_min, out.min(0))
+        self.in_sum += z.sum(0)
+        self.in_sum_sq += np.square(z).sum(0)
+        self.histogram += np.histogram(np.clip(out, 0, 6), HIST_BINS)[0]
+
+    def row(self) -> dict:
+        values = self.n * len(self.channel_max)
+        mean = self.sum / values
+        return {"act_mean": mean, "act_std": float(np.sqrt(max(self.sum_sq / values - mean ** 2, 0.0))),
+                "zero_fraction": self.zeros / values, "clipped_fraction": self.sixes / values,
+                "dead_channels": dead_channels(self.channel_max), "always_clipped": int((self.channel_min >= 6).sum())}
+
+    def input_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and (biased) variance of the batch norm's input over the N images: [C] each."""
+        mean = self.in_sum / self.n
+        return mean, np.maximum(self.in_sum_sq / self.n - mean ** 2, 0.0)
+
+
+def dead_channels(channel_max: np.ndarray) -> int:
+    """Channels whose output was never above 0: relu6 cut every value, so they pass nothing on."""
+    return int((np.asarray(channel_max) <= 0).sum())
+
+
+def weight_range_ratio(kernel: np.ndarray) -> float:
+    """max over output channels c of r_c / median_c r_c, r_c = max |W[..., c]| (the last axis; a
+    depthwise kernel [k, k, C, 1] is reshaped to [k, k, C] first)."""
+    w = np.asarray(kernel)
+    if w.ndim == 4 and w.shape[-1] == 1:
+        w = w[..., 0]
+    r = np.abs(w.reshape(-1, w.shape[-1])).max(0)  # [C_out]
+    median = np.median(r)
+    return float(r.max() / median) if median > 0 else float("inf")
+
+
+def skew(mean: np.ndarray, var: np.ndarray, bn) -> tuple[float, float]:
+    """(RMS of (mean - moving_mean) / sqrt(moving_variance + eps), median of var / moving_variance)."""
+    moving_mean, moving_var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    shift = (mean - moving_mean) / np.sqrt(moving_var + bn.epsilon)
+    return float(np.sqrt(np.mean(np.square(shift)))), float(np.median(var / np.maximum(moving_var, 1e-12)))
+
+
+# ---------------------------------------------------------------- the pass
+
+def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: int = 1000, image: int = 0,
+            block: int = 0, batch: int = 100) -> Path:
+    """Write layers.csv and the PNGs for a run; return the folder they are in."""
+    import pandas as pd
+
+    from lowlevel._tf import tf
+
+    from lowlevel import plots
+    from lowlevel.train import cross_entropy
+
+    loaded = runs.load(checkpoint, best, data_path)
+    if loaded.note:
+        print(loaded.note)
+    model, data = loaded.model, loaded.data
+    n = min(images, len(data.test_images))
+    if n < 1 or not 0 <= image < n:
+        raise ConfigError(f"--images must be at least 1 and --image between 0 and {n - 1}, not {images} and {image}.")
+    layers = model.conv_layers()
+    if not 0 <= block < len(model.blocks) or not hasattr(model.blocks[block], "depthwise"):
+        block = -1  # a standard network has no depthwise filters to draw
+    tapped = tf.function(lambda x: model(x, training=False, taps="pre"))
+    stats = {name: Accumulator(conv.out_channels) for name, conv, _ in layers}
+    example = None
+    for start in range(0, n, batch):
+        x = loaded.normalization(data.test_images[start:min(start + batch, n)])
+        taps = tapped(x)
+        for name, _, _ in layers:
+            stats[name].add(taps[name].numpy(), taps[f"{name}:bn_input"].numpy())
+        if start <= image < start + batch:
+            example = {name: taps[name][image - start].numpy() for name, _, _ in layers}  # [H, W, C] each
+
+    x = loaded.normalization(data.test_images[:min(batch, n)])
+    y = tf.constant(data.test_labels[:min(batch, n)], tf.int32)
+    kernels = [conv.kernel for _, conv, _ in layers]
+    with tf.GradientTape() as tape:
+        loss = cross_entropy(model(x, training=False), y, loaded.config.label_smoothing)
+    grads = tape.gradient(loss, kernels)
+
+    rows, folded = [], {}
+    for (name, conv, bn), g in zip(layers, grads):
+        mean, var = stats[name].input_moments()
+        kernel, _ = bn.fold(conv.kernel, depthwise=name.endswith("depthwise"))
+        folded[name] = kernel.numpy()
+        gamma = np.abs(bn.gamma.numpy())
+        shift, ratio = skew(mean, var, bn)
+        h, w, c = example[name].shape
+        rows.append({"layer": name, "op": type(conv).__name__, "shape": f"{h}x{w}x{c}", **stats[name].row(),
+                     "gamma_min": gamma.min(), "gamma_median": float(np.median(gamma)), "gamma_max": gamma.max(),
+                     "bn_mean_shift": shift, "bn_var_ratio": ratio,
+                     "kernel_norm": float(tf.norm(conv.kernel)), "weight_range_ratio": weight_range_ratio(folded[name]),
+                     "grad_norm": float(tf.norm(g))})
+    table = pd.DataFrame(rows)
+    out = loaded.prefix.parent / f"inspect-{runs.step_of(loaded.prefix)}"
+    if loaded.prefix.parent.name == "best":
+        out = loaded.run / f"inspect-best-{runs.step_of(loaded.prefix)}"
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as e:
+        raise runs.WriteError(out, e) from None
+    runs.write_text(out / "layers.csv", table.to_csv(index=False))
+    title = f"{loaded.run.name} {loaded.prefix.name}, {n} test images"
+    plots.stem_filters(model.stem.kernel.numpy(), out / "stem_filters.png")
+    if block >= 0:
+        plots.depthwise_filters(model.blocks[block].depthwise.kernel.numpy(), out / "depthwise_filters.png",
+                                f"blocks[{block}].depthwise")
+    plots.feature_maps(example, data.test_images[image], out / "feature_maps.png",
+                       f"test image {image} ({data.label_names[data.test_labels[image]]})")
+    plots.histograms({name: stats[name].histogram for name, _, _ in layers}, HIST_BINS, out / "histograms.png", title)
+    plots.dead_and_ranges(table, out / "dead_and_ranges.png", title)
+    plots.batch_norms({name: (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for name, _, bn in layers},
+                      out / "batch_norms.png", title)
+    summarize(table, n, out)
+    ops = op_counts(model)
+    print("inference graph: " + ", ".join(f"{count} {op}" for op, count in ops.items()
+                                          if op in ("Conv2D", "DepthwiseConv2dNative", "BiasAdd", "Relu6", "MatMul")))
+    return out
+
+
+def op_counts(model, batch: int = 1) -> dict[str, int]:
+    """How many ops of each type the traced inference function (`model.inference`, batch norms folded)
+    is made of, most frequent first: the raw TensorFlow ops the network is built from."""
+    import collections
+
+    from lowlevel._tf import tf
+
+    s = model.input_size
+    graph = tf.function(model.inference).get_concrete_function(tf.TensorSpec([batch, s, s, 3], tf.float32)).graph
+    counts = collections.Counter(op.type for op in graph.get_operations())
+    return dict(counts.most_common())
+
+
+def summarize(table, n: int, out: Path) -> None:
+    dead = table.dead_channels.sum()
+    worst = table.loc[table.weight_range_ratio.idxmax()]
+    skewed = table.loc[table.bn_mean_shift.idxmax()]
+    print(f"{len(table)} convolutions, {n} test images: {dead} dead channels of "
+          f"{sum(int(s.split('x')[2]) for s in table['shape'])}"
+          + (f" (most in {table.loc[table.dead_channels.idxmax()].layer})" if dead else ""))
+    print(f"widest folded weight range: {worst.layer}, max channel {worst.weight_range_ratio:.1f}x the median")
+    print(f"largest train/test batch-norm shift: {skewed.layer}, {skewed.bn_mean_shift:.2f} moving standard deviations")
+    print(f"wrote {out}/layers.csv and {len(list(out.glob('*.png')))} PNGs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        inspect(args.checkpoint, args.best, args.data, args.images, args.image, args.block)
+    except runs.DamagedCheckpoint as e:
+        print(f"error: {e}; {runs.instead(e, 'python -m lowlevel.inspect')}", file=sys.stderr)
+        return 2
+    except runs.WriteError as e:
+        print(f"error: {e}; free some space or fix the folder's permissions.", file=sys.stderr)
+        return 2
+    except (runs.RunError, ConfigError, cifar10.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""python -m lowlevel.inspect and the taps it reads: equal to the forward pass, statistics checked by hand."""
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from conftest import one_error
+from lowlevel import inspect
+from lowlevel.mobilenet import MobileNetV1
+
+
+@pytest.mark.parametrize("standard", [False, True])
+def test_taps_are_the_forward_pass(standard):
+    model = MobileNetV1(alpha=0.125, standard=standard)
+    x = tf.random.stateless_normal([4, 32, 32, 3], seed=[1, 2])
+    logits = model(x, training=False)
+    taps = model(x, training=False, taps=True)
+    names = [name for name, _, _ in model.conv_layers()]
+    assert list(taps) == names + ["logits"] and len(names) == (14 if standard else 27)
+    np.testing.assert_array_equal(taps["logits"].numpy(), logits.numpy())
+    last = model.classifier(tf.reduce_mean(taps[names[-1]], axis=[1, 2]))  # the last tap, pooled and classified
+    np.testing.assert_array_equal(last.numpy(), logits.numpy())
+    pre = model(x, training=False, taps="pre")
+    assert list(pre)[:2] == ["stem:bn_input", "stem"]
+    for name, _, bn in model.conv_layers():  # each output is relu6(batch norm(its tapped input))
+        np.testing.assert_allclose(tf.nn.relu6(bn(pre[f"{name}:bn_input"])).numpy(), pre[name].numpy(), atol=1e-5)
+        np.testing.assert_array_equal(pre[name].numpy(), taps[name].numpy())
+
+
+def test_dead_and_clipped_channels_on_a_hand_built_layer():
+    acc = inspect.Accumulator(4)
+    out = np.zeros([2, 3, 3, 4], np.float32)
+    out[..., 0] = 1.0  # alive
+    out[0, 0, 0, 1] = 0.5  # alive on one pixel of one image only
+    out[..., 2] = 0.0  # dead
+    out[..., 3] = 6.0  # always clipped
+    acc.add(out, np.ones_like(out))
+    acc.add(out * np.array([1, 0, 1, 1], np.float32), np.ones_like(out))  # channel 1 dead in this batch: still alive
+    row = acc.row()
+    assert row["dead_channels"] == 1 and row["always_clipped"] == 1
+    # 144 values: zeros are channel 1's 17 + 18 and channel 2's 18 + 18; sixes are channel 3's 36
+    assert row["zero_fraction"] == 71 / 144 and row["clipped_fraction"] == 36 / 144
+    assert inspect.dead_channels(np.array([0.0, -1.0, 1e-6])) == 2
+
+
+def test_weight_range_on_a_hand_built_kernel():
+    k = np.zeros([1, 1, 3, 4], np.float32)
+    k[0, 0, 0] = [1.0, -2.0, 2.0, 8.0]  # channel maxima |W|: 1, 2, 2, 8 -> median 2, max 8
+    assert inspect.weight_range_ratio(k) == 4.0
+    d = np.zeros([3, 3, 5, 1], np.float32)
+    d[1, 1, :, 0] = [1, 1, 1, 1, -10]  # depthwise: one channel 10x the median
+    assert inspect.weight_range_ratio(d) == 10.0
+
+
+@pytest.mark.parametrize("standard, conv, depthwise", [(False, 14, 13), (True, 14, 0)])
+def test_op_counts_of_inference_match_the_architecture(standard, conv, depthwise):
+    ops = inspect.op_counts(MobileNetV1(alpha=0.125, standard=standard))
+    assert ops.get("Conv2D", 0) == conv and ops.get("DepthwiseConv2dNative", 0) == depthwise
+    assert ops["Relu6"] == conv + depthwise and ops["MatMul"] == 1
+    assert "FusedBatchNormV3" not in ops  # folded into the convolutions
+
+
+def test_inspect_a_run(tmp_path, straight, cli):
+    status, out, err = cli("inspect", tmp_path, "--checkpoint", straight[0], "--images", "30", "--image", "2")
+    assert status == 0, err
+    folder = straight[0] / "inspect-30"
+    table = pd.read_csv(folder / "layers.csv")
+    assert len(table) == 27 and table.layer[0] == "stem" and table.shape[1] >= 17
+    assert (table.dead_channels >= 0).all() and (table.weight_range_ratio >= 1).all() and (table.grad_norm > 0).all()
+    assert table["shape"][0] == "32x32x8" and table["shape"][26] == "2x2x128"
+    for png in ("stem_filters", "depthwise_filters", "feature_maps", "histograms", "dead_and_ranges", "batch_norms"):
+        assert (folder / f"{png}.png").read_bytes()[:4] == b"\x89PNG", png
+    assert "27 convolutions, 30 test images" in out and "14 Conv2D, 13 DepthwiseConv2dNative" in out
+
+
+def test_inspect_errors_are_one_sentence(tmp_path, straight, cli):
+    one_error(*cli("inspect", tmp_path, "--checkpoint", tmp_path / "nowhere")[::2], "is neither a run folder")
+    one_error(*cli("inspect", tmp_path, "--checkpoint", straight[0], "--image", "40", "--images", "30")[::2],
+              "--image between 0 and 29")
