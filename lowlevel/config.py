@@ -75,12 +75,14 @@ class Config:
     max_steps: int = _f(0, "stop, saving a checkpoint, once the run has done this many steps in all (0: no "
                            "limit); a limit of this command only, not saved with the run")
     progress: str = _f("auto", "a progress bar within each epoch: auto (when stderr is a terminal), bar or none")
+    tensorboard: bool = _f(True, "write TensorBoard event files into the run's tensorboard/ folder "
+                                 "(view them with: tensorboard --logdir checkpoints)")
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not today's default.
     BEFORE_ADDED = {"cutout": 0}
     # Saved with the run, but a --resume may change them: they do not change what is computed.
-    ADJUSTABLE = ("data", "steps_per_call")
+    ADJUSTABLE = ("data", "steps_per_call", "tensorboard")
     # Choices of one command, not of the run: never written to config.json nor read from it.
     INVOCATION = ("checkpoint_dir", "run_name", "resume", "from_checkpoint", "max_steps", "progress")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlevel import cifar10, runs
-from lowlevel.config import ConfigError, Parser
+from lowlevel import runs
+from lowlevel.config import Parser
 
 
 def parser() -> Parser:
@@ -29,17 +29,7 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return evaluate(args.checkpoint, args.best, args.data)
-    except runs.DamagedCheckpoint as e:
-        print(f"error: {e}; {runs.instead(e, 'python -m lowlevel.evaluate')}", file=sys.stderr)
-        return 2
-    except runs.WriteError as e:
-        print(f"error: {e}; free some space or fix the folder's permissions.", file=sys.stderr)
-        return 2
-    except (runs.RunError, ConfigError, cifar10.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return runs.as_command("python -m lowlevel.evaluate", lambda: evaluate(args.checkpoint, args.best, args.data))
 
 
 def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:

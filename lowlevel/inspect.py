@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlevel import cifar10, runs
+from lowlevel import runs
 from lowlevel.config import ConfigError, Parser
 
 HIST_BINS = np.linspace(0.0, 6.0, 61)  # relu6 outputs lie in [0, 6]
@@ -227,18 +227,8 @@ def summarize(table, n: int, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        inspect(args.checkpoint, args.best, args.data, args.images, args.image, args.block)
-    except runs.DamagedCheckpoint as e:
-        print(f"error: {e}; {runs.instead(e, 'python -m lowlevel.inspect')}", file=sys.stderr)
-        return 2
-    except runs.WriteError as e:
-        print(f"error: {e}; free some space or fix the folder's permissions.", file=sys.stderr)
-        return 2
-    except (runs.RunError, ConfigError, cifar10.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return runs.as_command("python -m lowlevel.inspect", lambda: inspect(args.checkpoint, args.best, args.data,
+                                                                         args.images, args.image, args.block))
 
 
 if __name__ == "__main__":

@@ -288,6 +288,26 @@ def instead(e: DamagedCheckpoint, command: str) -> str:
             f"{command} --checkpoint {shlex.quote(str(others[0]))}")
 
 
+def as_command(command: str, call: Callable[[], object]) -> int:
+    """Run call() for the command `command` (e.g. "python -m lowlevel.evaluate"): a problem with the
+    user's files or flags becomes one sentence on stderr and exit status 2, with the way out."""
+    import sys
+
+    from lowlevel import cifar10
+
+    try:
+        call()
+        return 0
+    except DamagedCheckpoint as e:
+        message = f"{e}; {instead(e, command)}"
+    except WriteError as e:
+        message = f"{e}; free some space or fix the folder's permissions."
+    except (RunError, ConfigError, cifar10.DataError) as e:
+        message = str(e)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def names(prefixes: list[Path], run: Path) -> str:
     """'ckpt-20, ckpt-10 and best/ckpt-20': checkpoint prefixes relative to the run folder."""
     rel = [str(p.relative_to(run)) if p.is_relative_to(run) else str(p) for p in prefixes]

@@ -34,6 +34,7 @@ import numpy as np
 from lowlevel._tf import tf
 
 from lowlevel import cifar10, optim, pipeline, runs
+from lowlevel.events import Events
 from lowlevel.config import Config, ConfigError
 from lowlevel.runs import RunError, WriteError
 
@@ -101,6 +102,16 @@ class Trainer(tf.Module):
         """Whether every floating-point variable (weights, moving statistics, optimizer slots) is finite."""
         state = [v for v in self.model.variables + self.optimizer.variables if v.dtype.is_floating]
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in state])
+
+    @tf.function
+    def grad_norms(self, order, step) -> list[tf.Tensor]:
+        """The norm of the loss's gradient with respect to each convolution's kernel, on training batch
+        `step`, in inference mode (moving statistics used, none updated): for TensorBoard."""
+        x, y = self.train.train_batch(order, step)
+        kernels = [conv.kernel for _, conv, _ in self.model.conv_layers()]
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(self.model(x, training=False), y, self.cfg.label_smoothing)
+        return [tf.norm(g) for g in tape.gradient(loss, kernels)]
 
     @tf.function
     def train_steps(self, order, n) -> tf.Tensor:
@@ -326,6 +337,7 @@ class Loop:
         self.evaluate_val = evaluator(self.trainer.model, val) if len(val_x) else None
         self.bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
         self.clock = Clock()
+        self.events = Events(run, cfg.tensorboard)
         print(f"run {run}: {self.train.n} training and {len(val_x)} validation images, {self.spe} steps per "
               f"epoch, {self.trainer.step} of {self.total} steps done", flush=True)
         if cfg.precision == "float16" and not tf.config.list_physical_devices("GPU"):
@@ -412,6 +424,7 @@ class Loop:
             clock.tick(t.step)
             seen = int(t.epoch_seen.numpy())
             loss = float(t.epoch_loss.numpy()) / max(seen, 1)
+            self.events.step(t.step, loss, lr)
             if not np.isfinite(loss):
                 raise FloatingPointError(
                     f"the training loss became {loss} by step {t.step}; the last good checkpoint "
@@ -458,6 +471,11 @@ class Loop:
         write_history(self.history_path, self.history)  # before the save: a crash between them repeats the
         self.save(on_best=improved)  # epoch, and read_history drops the row the checkpoint does not cover
         self.plot()
+        if self.events.writer is not None:
+            first = t.step - self.spe  # the finished epoch's first batch
+            norms = t.grad_norms(self.train.order(first // self.spe), tf.constant(first, tf.int64))
+            names = [name for name, _, _ in t.model.conv_layers()]
+            self.events.epoch(t.step, row, t.model, {n: float(v) for n, v in zip(names, norms)})
         val = f"val loss {val_loss:.4f} acc {100 * val_acc:5.2f}%" if self.evaluate_val else "no validation set"
         print(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc "
               f"{100 * row['train_accuracy']:5.2f}%  {val}  lr {lr:.4f}  {row['images_per_s']:.0f} img/s  "
@@ -494,6 +512,7 @@ def fit(cfg: Config, run: Path, data: cifar10.CIFAR10) -> int:
         return 1
     finally:
         stop.restore()
+        loop.events.close()
     if t.step < loop.total:
         why = signal.Signals(stop.signal).name if stop.signal else f"--max-steps {cfg.max_steps}"
         print(f"stopped ({why}) at step {t.step} of {loop.total}, checkpoint {loop.manager.latest_checkpoint}; "
