@@ -1,6 +1,7 @@
 """`python -m lowlevel.inspect`: look inside a trained run, layer by layer.
 
     python -m lowlevel.inspect --checkpoint checkpoints/RUN [--best] [--images N] [--image K] [--block B]
+    python -m lowlevel.inspect --checkpoint checkpoints/RUN --graph
 
 Restores the run (lowlevel.runs.load), passes N test images (default 1,000) through the
 model in inference mode with every layer tapped (`model(x, taps="pre")`), and writes into
@@ -25,8 +26,10 @@ checkpoints/RUN/inspect-<step>/:
   PNGs         stem_filters, depthwise_filters (block B), feature_maps (test image K), histograms,
                dead_and_ranges, batch_norms
 
-and prints a short summary.  A missing, damaged or incompatible checkpoint is one sentence,
-exit status 2.
+and prints a short summary.  With --graph, it instead traces the compiled training step into
+inspect-<step>/graph/ for TensorBoard's graph view and prints the op counts, by type, of the
+training step and of inference.  A missing, damaged or incompatible checkpoint is one
+sentence, exit status 2.
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ def parser() -> Parser:
     p.add_argument("--images", type=int, default=1000, help="test images to pass through (default 1000)")
     p.add_argument("--image", type=int, default=0, help="the test image whose feature maps are drawn (default 0)")
     p.add_argument("--block", type=int, default=0, help="the block whose depthwise filters are drawn (default 0)")
+    p.add_argument("--graph", action="store_true", help="instead: write the compiled training step's graph for "
+                                                        "TensorBoard and print the op counts of training and inference")
     return p
 
 
@@ -203,14 +208,57 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
 def op_counts(model, batch: int = 1) -> dict[str, int]:
     """How many ops of each type the traced inference function (`model.inference`, batch norms folded)
     is made of, most frequent first: the raw TensorFlow ops the network is built from."""
-    import collections
-
     from lowlevel._tf import tf
 
     s = model.input_size
-    graph = tf.function(model.inference).get_concrete_function(tf.TensorSpec([batch, s, s, 3], tf.float32)).graph
-    counts = collections.Counter(op.type for op in graph.get_operations())
+    return count_ops(tf.function(model.inference).get_concrete_function(tf.TensorSpec([batch, s, s, 3])))
+
+
+def count_ops(concrete) -> dict[str, int]:
+    """Op types of a traced function, its nested functions (loop bodies, conditions) included."""
+    import collections
+
+    graph = concrete.graph.as_graph_def()
+    counts = collections.Counter(node.op for node in graph.node)
+    for function in graph.library.function:
+        counts.update(node.op for node in function.node_def)
     return dict(counts.most_common())
+
+
+def graph(checkpoint: str, best: bool = False, data_path: str = "") -> Path:
+    """Trace one call of the run's compiled training step into TensorBoard's graph view
+    (inspect-<step>/graph/), and print the op counts of the training step and of inference."""
+    from lowlevel._tf import tf
+
+    from lowlevel import pipeline
+    from lowlevel.train import Trainer
+
+    loaded = runs.load(checkpoint, best, data_path)
+    cfg, data = loaded.config, loaded.data
+    n = 2 * cfg.batch_size  # two batches: the graph does not depend on the data's size
+    batches = pipeline.Batches(data.train_images[:n], data.train_labels[:n], loaded.normalization,
+                               min(cfg.batch_size, n), cfg.seed, augment=cfg.augment, cutout=cfg.cutout)
+    trainer = Trainer(cfg, batches, num_classes=len(data.label_names))
+    out = loaded.run / f"inspect-{runs.step_of(loaded.prefix)}" / "graph"
+    try:
+        writer = tf.summary.create_file_writer(str(out))
+        tf.summary.trace_on(graph=True)
+        trainer.train_steps(batches.order(0), tf.constant(1))
+        with writer.as_default():
+            tf.summary.trace_export("train_steps", step=0)
+        writer.close()
+    except (OSError, tf.errors.OpError) as e:
+        raise runs.WriteError(out, getattr(e, "strerror", None) or str(e).split("; ")[-1]) from None
+    main_ops = ("Conv2D", "DepthwiseConv2dNative", "FusedBatchNormV3", "Relu6", "MatMul", "Conv2DBackpropFilter",
+                "Conv2DBackpropInput", "DepthwiseConv2dNativeBackpropFilter", "DepthwiseConv2dNativeBackpropInput",
+                "FusedBatchNormGradV3", "Relu6Grad", "BiasAdd", "AssignVariableOp", "AssignSubVariableOp")
+    for what, ops in (("training step (one call, its loop body included)",
+                       count_ops(trainer.train_steps.get_concrete_function(batches.order(0), tf.constant(1)))),
+                      ("inference (batch norms folded)", op_counts(loaded.model))):
+        shown = ", ".join(f"{count} {op}" for op, count in ops.items() if op in main_ops)
+        print(f"{what}: {sum(ops.values())} ops; {shown}")
+    print(f"wrote the training step's graph to {out} (tensorboard --logdir {out}, Graphs tab)")
+    return out
 
 
 def summarize(table, n: int, out: Path) -> None:
@@ -227,6 +275,8 @@ def summarize(table, n: int, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.graph:
+        return runs.as_command("python -m lowlevel.inspect", lambda: graph(args.checkpoint, args.best, args.data))
     return runs.as_command("python -m lowlevel.inspect", lambda: inspect(args.checkpoint, args.best, args.data,
                                                                          args.images, args.image, args.block))
 

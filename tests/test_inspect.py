@@ -77,3 +77,18 @@ def test_inspect_errors_are_one_sentence(tmp_path, straight, cli):
     one_error(*cli("inspect", tmp_path, "--checkpoint", tmp_path / "nowhere")[::2], "is neither a run folder")
     one_error(*cli("inspect", tmp_path, "--checkpoint", straight[0], "--image", "40", "--images", "30")[::2],
               "--image between 0 and 29")
+
+
+def test_graph_writes_the_training_step_and_counts_its_ops(tmp_path, straight, cli):
+    status, out, err = cli("inspect", tmp_path, "--checkpoint", straight[0], "--graph")
+    assert status == 0, err
+    training = [line for line in out.splitlines() if line.startswith("training step")][0]
+    # forward, input gradient and filter gradient of each of the 14 regular and 13 depthwise convolutions
+    for phrase in ("14 Conv2D,", "14 Conv2DBackpropFilter", "13 DepthwiseConv2dNative,",
+                   "13 DepthwiseConv2dNativeBackpropFilter", "27 FusedBatchNormV3", "27 FusedBatchNormGradV3"):
+        assert phrase in training, (phrase, training)
+    plugins = []  # trace_export writes the graph as a summary for TensorBoard's graph plugin
+    for path in (straight[0] / "inspect-30" / "graph").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            plugins += [(v.tag, v.metadata.plugin_data.plugin_name) for v in event.summary.value]
+    assert plugins == [("train_steps", "graph_run_metadata_graph")]
