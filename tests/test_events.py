@@ -50,3 +50,26 @@ def test_a_histogram_is_in_tensorboards_format(tmp_path):
     assert h[0, 0] == values.numpy().min() and abs(h[-1, 1] - values.numpy().max()) < 1e-6
     assert (h[1:, 0] == h[:-1, 1]).all()  # contiguous buckets
     assert tensors["constant"][:, 2].sum() == 5
+
+
+def test_a_failed_event_write_stops_the_run_with_one_sentence(tmp_path, data, cli, monkeypatch):
+    """A full disk under tensorboard/: one sentence naming the folder, and the run continues once fixed."""
+    from conftest import one_error, run_printed
+    from lowlevel import events
+    calls = {"n": 0}
+    scalar = events.scalar
+
+    def failing(tag, value, step):
+        calls["n"] += 1
+        if calls["n"] == 12:  # among epoch 1's end-of-epoch events, after ckpt-10 was saved
+            raise tf.errors.ResourceExhaustedError(None, None, "events.out.tfevents; No space left on device")
+        return scalar(tag, value, step)
+
+    args = [a for a in TINY if a != "--no-tensorboard"]
+    monkeypatch.setattr(events, "scalar", failing)
+    status, _, err = cli("train", tmp_path, "--data", data, "--run-name", "tbfull", "--epochs", "2", *args)
+    line = one_error(status, err, "checkpoints/tbfull/tensorboard: could not be written (No space left on device)",
+                     "its last checkpoint, ckpt-10, is intact")
+    monkeypatch.setattr(events, "scalar", scalar)
+    done = run_printed(line, tmp_path, "continue with:")
+    assert done.returncode == 0, done.stderr[-2000:]
