@@ -40,7 +40,7 @@ class Events:
             try:
                 self.writer = tf.summary.create_file_writer(str(self.folder))
             except (OSError, tf.errors.OpError) as e:
-                raise WriteError(self.folder, _reason(e)) from None
+                raise WriteError(self.folder, e) from None
 
     def step(self, step: int, loss: float, lr: float) -> None:
         if self.writer is None:
@@ -80,7 +80,7 @@ class Events:
             with self.writer.as_default():
                 yield
         except (OSError, tf.errors.OpError) as e:
-            raise WriteError(self.folder, _reason(e)) from None
+            raise WriteError(self.folder, e) from None
 
 
 def _metadata(plugin: str) -> bytes:
@@ -108,8 +108,3 @@ def histogram(tag: str, values, step: int) -> None:
     counts = tf.cast(tf.histogram_fixed_width(x, [low, high], nbins=BUCKETS), tf.float64)
     edges = tf.linspace(low, high, BUCKETS + 1)
     tf.summary.write(tag, tf.stack([edges[:-1], edges[1:], counts], axis=1), step=step, metadata=_HISTOGRAMS)
-
-
-def _reason(e: BaseException) -> str:
-    text = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-    return text.split("; ")[-1].split(" [Op:")[0].strip()

@@ -248,7 +248,7 @@ def graph(checkpoint: str, best: bool = False, data_path: str = "") -> Path:
             tf.summary.trace_export("train_steps", step=0)
         writer.close()
     except (OSError, tf.errors.OpError) as e:
-        raise runs.WriteError(out, getattr(e, "strerror", None) or str(e).split("; ")[-1]) from None
+        raise runs.WriteError(out, e) from None
     main_ops = ("Conv2D", "DepthwiseConv2dNative", "FusedBatchNormV3", "Relu6", "MatMul", "Conv2DBackpropFilter",
                 "Conv2DBackpropInput", "DepthwiseConv2dNativeBackpropFilter", "DepthwiseConv2dNativeBackpropInput",
                 "FusedBatchNormGradV3", "Relu6Grad", "BiasAdd", "AssignVariableOp", "AssignSubVariableOp")

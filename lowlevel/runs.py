@@ -39,10 +39,19 @@ class RunError(Exception):
 class WriteError(RunError):
     """A file of the run could not be written (a full disk, no permission)."""
 
-    def __init__(self, path: Path, error: OSError | str):
+    def __init__(self, path: Path, error: BaseException | str):
         self.path = Path(path)
-        self.reason = error if isinstance(error, str) else (error.strerror or str(error))
+        self.reason = error if isinstance(error, str) else reason(error)
         super().__init__(f"{path}: could not be written ({self.reason})")
+
+
+def reason(e: BaseException) -> str:
+    """Why a write failed: an OSError's strerror, or the end of a TensorFlow error's message
+    ("...part-00000; No space left on device [Op:SaveV2]" -> "No space left on device")."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = getattr(e, "message", None) or str(e)
+    return text.split("; ")[-1].split(" [Op:")[0].strip()
 
 
 class DamagedCheckpoint(RunError):
@@ -166,13 +175,13 @@ def verify(prefix: str | Path) -> None:
         reader = tf.train.load_checkpoint(str(prefix))
         keys = list(reader.get_variable_to_shape_map())
     except Exception as e:  # noqa: BLE001 - TensorFlow raises several kinds for a bad table
-        raise DamagedCheckpoint(index, f"is damaged ({_first_line(e)})") from None
+        raise DamagedCheckpoint(index, f"is damaged ({first_line(e)})") from None
     data = shard if expected == 1 else Path(f"{prefix}.data-*-of-{expected:05d}")
     for key in keys:
         try:
             reader.get_tensor(key)
         except Exception as e:  # noqa: BLE001 - IndexError for a short file, DataLossError for a bad checksum
-            raise DamagedCheckpoint(data, f"is truncated or damaged ({_first_line(e)})") from None
+            raise DamagedCheckpoint(data, f"is truncated or damaged ({first_line(e)})") from None
 
 
 def intact(run: Path, before: int | None = None) -> list[Path]:
@@ -270,7 +279,7 @@ def latest(folder: Path) -> Path | None:
     return Path(folder) / os.path.basename(state.model_checkpoint_path) if state else None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:160]
 
@@ -388,7 +397,7 @@ def load(path: str | Path, best: bool = False, data_path: str = "") -> Loaded:
         tf.train.Checkpoint(**objects).read(str(prefix)).assert_existing_objects_matched().expect_partial()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise RunError(f"{prefix}: cannot be restored into the model its config.json describes "
-                       f"({_first_line(e)}); it is from another run or another version of lowlevel.") from None
+                       f"({first_line(e)}); it is from another run or another version of lowlevel.") from None
     return Loaded(run, prefix, cfg, model, norm, data, note)
 
 

@@ -239,7 +239,7 @@ def write_history(path: Path, rows: list[dict]) -> None:
     runs.write_text(path, text.getvalue())
 
 
-def command(cfg: Config, run: Path, *extra: str) -> str:
+def command(run: Path, *extra: str) -> str:
     """The command that continues this run, ready to paste into a shell."""
     words = ["python", "-m", "lowlevel.train", "--checkpoint-dir", str(run.parent), "--run-name", run.name,
              "--resume", *extra]
@@ -366,12 +366,12 @@ class Loop:
                                f"start a new run with another --run-name.") from None
             name = str(older[0].relative_to(run))
             raise RunError(f"{e}; the older checkpoints {runs.names(older, run)} are intact: continue from the "
-                           f"newest with: {command(cfg, run, '--from-checkpoint', name)}") from None
+                           f"newest with: {command(run, '--from-checkpoint', name)}") from None
         saved_norm = runs.has_normalization(prefix)
         try:
             self.trainer.checkpoint(saved_norm).read(str(prefix)).assert_existing_objects_matched().expect_partial()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise RunError(f"{prefix}: cannot be restored into this run's model ({runs._first_line(e)}); "
+            raise RunError(f"{prefix}: cannot be restored into this run's model ({runs.first_line(e)}); "
                            f"it is from another configuration.") from None
         if not saved_norm:
             print(f"note: {prefix} predates saved normalization statistics: recomputed from the training "
@@ -403,10 +403,7 @@ class Loop:
                 manager.save(checkpoint_number=self.trainer.step)
             except (OSError, tf.errors.OpError) as e:
                 shutil.rmtree(f"{prefix}_temp", ignore_errors=True)  # what a failed write leaves behind
-                message = getattr(e, "message", None) or str(e)
-                reason = e.strerror if isinstance(e, OSError) and e.strerror else \
-                    message.split("; ")[-1].split(" [Op:")[0].strip()
-                raise WriteError(prefix, reason) from None
+                raise WriteError(prefix, e) from None
 
     def train_epoch(self, stop: _Stop) -> tuple[float, float, int]:
         """Train until the epoch ends, --max-steps is reached or a signal came.
@@ -516,7 +513,7 @@ def fit(cfg: Config, run: Path, data: cifar10.CIFAR10) -> int:
     if t.step < loop.total:
         why = signal.Signals(stop.signal).name if stop.signal else f"--max-steps {cfg.max_steps}"
         print(f"stopped ({why}) at step {t.step} of {loop.total}, checkpoint {loop.manager.latest_checkpoint}; "
-              f"continue with: {command(cfg, run)}", flush=True)
+              f"continue with: {command(run)}", flush=True)
         return {None: 0, signal.SIGINT: 130, signal.SIGTERM: 143}[stop.signal]
     loop.test()
     print(f"evaluate with: python -m lowlevel.evaluate --checkpoint {shlex.quote(str(run))}", flush=True)
@@ -532,7 +529,7 @@ def after_write_error(cfg: Config, run: Path | None) -> str:
     except RunError:
         last = None
     kept = f"its last checkpoint, {last.name}, is intact" if last else "it has no checkpoint yet"
-    return f"the run stopped and {kept}: free some space (or fix permissions), then continue with: {command(cfg, run)}"
+    return f"the run stopped and {kept}: free some space (or fix permissions), then continue with: {command(run)}"
 
 
 def main(argv: list[str] | None = None) -> int:
