@@ -30,7 +30,7 @@ import numpy as np
 
 from lowlevel._tf import tf
 from lowlevel.config import Parser
-from lowlevel.mobilenet import PRECISIONS
+from lowlevel.nets.mobilenet import PRECISIONS
 
 
 def best_time(fn, repeats: int) -> float:
@@ -122,7 +122,7 @@ def keras_model(alpha: float):
     import keras
     from keras import layers
 
-    from lowlevel.mobilenet import BODY, STEM, scaled
+    from lowlevel.nets.mobilenet import BODY, STEM, scaled
 
     x = inputs = keras.Input((32, 32, 3))
     x = layers.Conv2D(scaled(STEM.channels, alpha), 3, padding="same", use_bias=False)(x)
@@ -196,7 +196,7 @@ def profile_by_op(batch: int, alpha: float, steps: int,
     import collections
 
     from lowlevel import optim
-    from lowlevel.mobilenet import MobileNetV1
+    from lowlevel.nets.mobilenet import MobileNetV1
     from lowlevel.train import cross_entropy
 
     tf.compat.v1.disable_eager_execution()
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from lowlevel import summary
-    from lowlevel.mobilenet import MobileNetV1
+    from lowlevel.nets.mobilenet import MobileNetV1
 
     madds = summary.totals(summary.rows(MobileNetV1(alpha=args.alpha))).madds
     flops = 6 * madds  # training: forward 2 FLOPs per multiply-add, backward about twice that

@@ -21,6 +21,9 @@ import json
 import math
 from pathlib import Path
 
+from lowlevel.datasets import DATASETS
+from lowlevel.nets import NETS
+
 
 class ConfigError(ValueError):
     """A bad flag or config.json, told in one sentence."""
@@ -58,12 +61,16 @@ class Config:
     schedule: str = _f("cosine", "after warmup: cosine (to 0) or step (x0.1 at 50%% and 75%% of the epochs)")
     label_smoothing: float = _f(0.1, "weight of the uniform distribution mixed into the one-hot targets")
     # the model
+    model: str = _f("mobilenet", "the network, one of: " + ", ".join(NETS) + " (python -m lowlevel.summary "
+                                 "--model NAME shows its layers)")
     alpha: float = _f(1.0, "width multiplier: a layer of C channels gets max(8, int(alpha * C))")
-    dropout: float = _f(0.0, "dropout rate before the classifier")
+    dropout: float = _f(0.0, "dropout rate of the network's dropout layers (MobileNet: before the classifier); "
+                             "default: the network's own (0.5 for alexnet and vgg16, else 0)")
     bn_momentum: float = _f(0.99, "batch-norm moving-average momentum")
     precision: str = _f("float32", "float32, or mixed precision with the 1x1 convolutions in bfloat16 (CPUs with "
                                    "AVX512-BF16, recent GPUs) or float16 (GPUs; with dynamic loss scaling)")
     # the data
+    dataset: str = _f("", "the data set: " + ", ".join(DATASETS) + "; empty: the one the model was designed for")
     augment: bool = _f(True, "random 4-pixel-padded crop and horizontal flip of training images")
     cutout: int = _f(16, "side in pixels of the random square zeroed in each training image after "
                          "normalization, i.e. set to the mean colour (0: no cutout)")
@@ -80,7 +87,7 @@ class Config:
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not today's default.
-    BEFORE_ADDED = {"cutout": 0}
+    BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10"}
     # Saved with the run, but a --resume may change them: they do not change what is computed.
     ADJUSTABLE = ("data", "steps_per_call", "tensorboard")
     # Choices of one command, not of the run: never written to config.json nor read from it.
@@ -97,10 +104,12 @@ class Config:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"--{_flag(name)} must be greater than 0, not {value}.")
-        choices = {"optimizer": ("sgd", "adam"), "schedule": ("cosine", "step"),
+        choices = {"model": tuple(NETS), "dataset": ("", *DATASETS), "optimizer": ("sgd", "adam"),
+                   "schedule": ("cosine", "step"),
                    "precision": ("float32", "bfloat16", "float16"), "progress": ("auto", "bar", "none")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
+                allowed = [a for a in allowed if a]
                 raise ConfigError(f"--{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
                                   f"not {getattr(self, name)!r}.")
         for name in ("label_smoothing", "dropout", "momentum", "bn_momentum"):
@@ -119,6 +128,14 @@ class Config:
         if self.from_checkpoint and not self.resume:
             raise ConfigError("--from-checkpoint continues a run: add --resume (and its --run-name).")
         return self
+
+    def with_defaults(self, explicit: set[str]) -> "Config":
+        """A new run's config: the data set the model was designed for when --dataset is empty, and the
+        settings the model and the data set want (`nets.Entry.defaults`, `datasets.Entry.defaults`, such as
+        dropout 0.5 for alexnet, or no cutout on 28x28 images) wherever the command line did not give one."""
+        self = dataclasses.replace(self.check(), dataset=self.dataset or NETS[self.model].dataset)
+        wanted = {**DATASETS[self.dataset].defaults, **NETS[self.model].defaults}
+        return dataclasses.replace(self, **{k: v for k, v in wanted.items() if k not in explicit})
 
     def check_data(self, train_images: int, image_side: int) -> "Config":
         """Refuse settings the data set cannot satisfy: hold-out, batch and cutout sizes."""

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from lowlevel import cifar10
+from lowlevel.datasets import cifar10
 from lowlevel.config import Parser
 
 

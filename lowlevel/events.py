@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lowlevel._tf import tf
 
+from lowlevel.layers import Dense
 from lowlevel.runs import WriteError
 
 
@@ -59,9 +60,11 @@ class Events:
                 scalar(f"grad_norm/{name}", value, step)
             for name, conv, bn in model.conv_layers():
                 histogram(f"kernel/{name}", conv.kernel, step)
-                for what in ("gamma", "beta", "moving_mean", "moving_variance"):
+                for what in ("gamma", "beta", "moving_mean", "moving_variance") if bn is not None else ():
                     histogram(f"{what}/{name}", getattr(bn, what), step)
-            histogram("kernel/classifier", model.classifier.kernel, step)
+            for name, layer, _ in model.layer_table():
+                if isinstance(layer, Dense):
+                    histogram(f"kernel/{name}", layer.kernel, step)
         self.flush()
 
     def flush(self) -> None:

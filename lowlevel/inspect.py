@@ -51,7 +51,8 @@ def parser() -> Parser:
     p.add_argument("--data", default="", help="cifar-10-batches-py or its parent (default: the run's --data)")
     p.add_argument("--images", type=int, default=1000, help="test images to pass through (default 1000)")
     p.add_argument("--image", type=int, default=0, help="the test image whose feature maps are drawn (default 0)")
-    p.add_argument("--block", type=int, default=0, help="the block whose depthwise filters are drawn (default 0)")
+    p.add_argument("--block", type=int, default=0, help="which depthwise convolution's filters are drawn, counting "
+                                                        "from 0 (default 0: MobileNet's blocks[0])")
     p.add_argument("--graph", action="store_true", help="instead: write the compiled training step's graph for "
                                                         "TensorBoard and print the op counts of training and inference")
     return p
@@ -135,6 +136,7 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
     from lowlevel._tf import tf
 
     from lowlevel import plots
+    from lowlevel.layers import DepthwiseConv2D
     from lowlevel.train import cross_entropy
 
     loaded = runs.load(checkpoint, best, data_path)
@@ -145,8 +147,7 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
     if n < 1 or not 0 <= image < n:
         raise ConfigError(f"--images must be at least 1 and --image between 0 and {n - 1}, not {images} and {image}.")
     layers = model.conv_layers()
-    if not 0 <= block < len(model.blocks) or not hasattr(model.blocks[block], "depthwise"):
-        block = -1  # a standard network has no depthwise filters to draw
+    depthwise = [(name, conv) for name, conv, _ in layers if isinstance(conv, DepthwiseConv2D)]
     tapped = tf.function(lambda x: model(x, training=False, taps="pre"))
     stats = {name: Accumulator(conv.out_channels) for name, conv, _ in layers}
     example = None
@@ -154,7 +155,7 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
         x = loaded.normalization(data.test_images[start:min(start + batch, n)])
         taps = tapped(x)
         for name, _, _ in layers:
-            stats[name].add(taps[name].numpy(), taps[f"{name}:bn_input"].numpy())
+            stats[name].add(taps[name].numpy(), taps.get(f"{name}:bn_input", taps[name]).numpy())
         if start <= image < start + batch:
             example = {name: taps[name][image - start].numpy() for name, _, _ in layers}  # [H, W, C] each
 
@@ -165,17 +166,20 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
         loss = cross_entropy(model(x, training=False), y, loaded.config.label_smoothing)
     grads = tape.gradient(loss, kernels)
 
-    rows, folded = [], {}
+    rows, folded, nan = [], {}, float("nan")
     for (name, conv, bn), g in zip(layers, grads):
-        mean, var = stats[name].input_moments()
-        kernel, _ = bn.fold(conv.kernel, depthwise=name.endswith("depthwise"))
+        kernel = conv.kernel
+        if bn is not None and model.folds_batch_norm:
+            kernel, _ = bn.fold(conv.kernel, depthwise=isinstance(conv, DepthwiseConv2D))
         folded[name] = kernel.numpy()
-        gamma = np.abs(bn.gamma.numpy())
-        shift, ratio = skew(mean, var, bn)
+        row = {"gamma_min": nan, "gamma_median": nan, "gamma_max": nan, "bn_mean_shift": nan, "bn_var_ratio": nan}
+        if bn is not None:
+            gamma = np.abs(bn.gamma.numpy())
+            shift, ratio = skew(*stats[name].input_moments(), bn)
+            row = {"gamma_min": gamma.min(), "gamma_median": float(np.median(gamma)), "gamma_max": gamma.max(),
+                   "bn_mean_shift": shift, "bn_var_ratio": ratio}
         h, w, c = example[name].shape
-        rows.append({"layer": name, "op": type(conv).__name__, "shape": f"{h}x{w}x{c}", **stats[name].row(),
-                     "gamma_min": gamma.min(), "gamma_median": float(np.median(gamma)), "gamma_max": gamma.max(),
-                     "bn_mean_shift": shift, "bn_var_ratio": ratio,
+        rows.append({"layer": name, "op": type(conv).__name__, "shape": f"{h}x{w}x{c}", **stats[name].row(), **row,
                      "kernel_norm": float(tf.norm(conv.kernel)), "weight_range_ratio": weight_range_ratio(folded[name]),
                      "grad_norm": float(tf.norm(g))})
     table = pd.DataFrame(rows)
@@ -188,16 +192,17 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
         raise runs.WriteError(out, e) from None
     runs.write_text(out / "layers.csv", table.to_csv(index=False))
     title = f"{loaded.run.name} {loaded.prefix.name}, {n} test images"
-    plots.stem_filters(model.stem.kernel.numpy(), out / "stem_filters.png")
-    if block >= 0:
-        plots.depthwise_filters(model.blocks[block].depthwise.kernel.numpy(), out / "depthwise_filters.png",
-                                f"blocks[{block}].depthwise")
+    first, first_conv, _ = layers[0]
+    plots.stem_filters(first_conv.kernel.numpy(), out / "stem_filters.png", first)
+    if 0 <= block < len(depthwise):  # a standard network has no depthwise filters to draw
+        plots.depthwise_filters(depthwise[block][1].kernel.numpy(), out / "depthwise_filters.png", depthwise[block][0])
     plots.feature_maps(example, data.test_images[image], out / "feature_maps.png",
                        f"test image {image} ({data.label_names[data.test_labels[image]]})")
     plots.histograms({name: stats[name].histogram for name, _, _ in layers}, HIST_BINS, out / "histograms.png", title)
     plots.dead_and_ranges(table, out / "dead_and_ranges.png", title)
-    plots.batch_norms({name: (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for name, _, bn in layers},
-                      out / "batch_norms.png", title)
+    moving = {name: (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for name, _, bn in layers if bn is not None}
+    if moving:  # networks without batch norms have none to draw
+        plots.batch_norms(moving, out / "batch_norms.png", title)
     summarize(table, n, out)
     ops = op_counts(model)
     print("inference graph: " + ", ".join(f"{count} {op}" for op, count in ops.items()
@@ -210,8 +215,7 @@ def op_counts(model, batch: int = 1) -> dict[str, int]:
     is made of, most frequent first: the raw TensorFlow ops the network is built from."""
     from lowlevel._tf import tf
 
-    s = model.input_size
-    return count_ops(tf.function(model.inference).get_concrete_function(tf.TensorSpec([batch, s, s, 3])))
+    return count_ops(tf.function(model.inference).get_concrete_function(tf.TensorSpec([batch, *model.input_shape])))
 
 
 def count_ops(concrete) -> dict[str, int]:
@@ -264,12 +268,14 @@ def graph(checkpoint: str, best: bool = False, data_path: str = "") -> Path:
 def summarize(table, n: int, out: Path) -> None:
     dead = table.dead_channels.sum()
     worst = table.loc[table.weight_range_ratio.idxmax()]
-    skewed = table.loc[table.bn_mean_shift.idxmax()]
+    skewed = table.loc[table.bn_mean_shift.idxmax()] if table.bn_mean_shift.notna().any() else None
     print(f"{len(table)} convolutions, {n} test images: {dead} dead channels of "
           f"{sum(int(s.split('x')[2]) for s in table['shape'])}"
           + (f" (most in {table.loc[table.dead_channels.idxmax()].layer})" if dead else ""))
     print(f"widest folded weight range: {worst.layer}, max channel {worst.weight_range_ratio:.1f}x the median")
-    print(f"largest train/test batch-norm shift: {skewed.layer}, {skewed.bn_mean_shift:.2f} moving standard deviations")
+    if skewed is not None:
+        print(f"largest train/test batch-norm shift: {skewed.layer}, {skewed.bn_mean_shift:.2f} moving standard "
+              f"deviations")
     print(f"wrote {out}/layers.csv and {len(list(out.glob('*.png')))} PNGs")
 
 

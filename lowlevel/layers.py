@@ -1,4 +1,4 @@
-"""The layers of MobileNet v1 as `tf.Module`s on raw ops.
+"""The raw-op vocabulary every network is built from: `tf.Module` layers and small functions.
 
 Every layer is told its shapes in the constructor and creates its variables
 there, so a checkpoint can be restored into a model that has never been called.
@@ -14,8 +14,8 @@ where fan_in counts the inputs one output sums over:
     regular k x k convolution   fan_in = k * k * C_in
     depthwise k x k             fan_in = k * k      (each channel sees only itself)
     pointwise 1 x 1             fan_in = C_in
-The classifier is followed by softmax, not a ReLU, so it uses Var(w) = 1 / fan_in
-(LeCun).  Biases start at zero.
+A dense layer before softmax (a classifier) or SELU uses Var(w) = 1 / fan_in
+(LeCun; `Dense(gain=1)`, the default), one before a ReLU gain 2.  Biases start at zero.
 
 Mixed precision (`compute_dtype`): Conv2D can multiply in bfloat16 or float16
 while its variables, its input and output, and every other layer stay float32.
@@ -47,16 +47,17 @@ class Conv2D(tf.Module):
     W [k, k, C_in, C_out]; b [C_out] (only with use_bias).
     A 1x1 kernel makes it the pointwise convolution of MobileNet.
     compute_dtype: the dtype the convolution multiplies in (None: x's); y has x's dtype.
+    gain: the initial Var(w) * fan_in (2: He, before a ReLU; 1: LeCun, before SELU).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 use_bias: bool = False, compute_dtype=None, name: str | None = None):
+                 use_bias: bool = False, compute_dtype=None, gain: float = 2.0, name: str | None = None):
         super().__init__(name=name)
         self.in_channels, self.out_channels, self.compute_dtype = in_channels, out_channels, compute_dtype
         self.kernel_size, self.stride = kernel_size, stride
         shape = [kernel_size, kernel_size, in_channels, out_channels]
         with self.name_scope:
-            self.kernel = tf.Variable(_he_normal(shape, kernel_size * kernel_size * in_channels), name="kernel")
+            self.kernel = tf.Variable(_he_normal(shape, kernel_size * kernel_size * in_channels, gain), name="kernel")
             self.bias = tf.Variable(tf.zeros([out_channels]), name="bias") if use_bias else None
 
     def __call__(self, x: tf.Tensor, kernel: tf.Tensor | None = None) -> tf.Tensor:
@@ -75,16 +76,17 @@ class DepthwiseConv2D(tf.Module):
     x [B, H, W, C] -> y [B, ceil(H / s), ceil(W / s), C * m];
     W [k, k, C, m] (m, the depth multiplier, is 1 in MobileNet):
     y[b, i, j, c*m + q] = sum_{di, dj} x[b, s*i + di, s*j + dj, c] * W[di, dj, c, q].
+    gain: the initial Var(w) * fan_in (2: He, before a ReLU; 1: no activation follows).
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, stride: int = 1, multiplier: int = 1,
-                 name: str | None = None):
+                 gain: float = 2.0, name: str | None = None):
         super().__init__(name=name)
         self.in_channels, self.out_channels = channels, channels * multiplier
         self.kernel_size, self.stride = kernel_size, stride
         shape = [kernel_size, kernel_size, channels, multiplier]
         with self.name_scope:
-            self.kernel = tf.Variable(_he_normal(shape, kernel_size * kernel_size), name="kernel")
+            self.kernel = tf.Variable(_he_normal(shape, kernel_size * kernel_size, gain), name="kernel")
 
     def __call__(self, x: tf.Tensor, kernel: tf.Tensor | None = None) -> tf.Tensor:
         """kernel: a stand-in for self.kernel (a batch norm folded into it, see BatchNorm.fold)."""
@@ -177,14 +179,42 @@ class BatchNorm(tf.Module):
         self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * variance)
 
 
-class Dense(tf.Module):
-    """y = x W + b.  x [B, C_in] -> y [B, C_out]; W [C_in, C_out]; b [C_out]."""
+class SeparableConv2D(tf.Module):
+    """A depthwise-separable convolution as Keras' `SeparableConv2D` computes it: a k x k
+    DepthwiseConv2D (stride s, no bias), then a 1x1 Conv2D (with a bias), no activation between:
 
-    def __init__(self, in_features: int, out_features: int, name: str | None = None):
+        y = conv1x1(depthwise(x, W_d), W_p) + b
+    x [B, H, W, C_in] -> [B, H/s, W/s, C_in] -> y [B, H/s, W/s, C_out];
+    W_d [k, k, C_in, 1]; W_p [1, 1, C_in, C_out]; b [C_out].
+    Parameters k*k*C_in + C_in*C_out + C_out, against k*k*C_in*C_out + C_out for a Conv2D.
+    (MobileNet's blocks put a batch norm and relu6 between the two; see nets/mobilenet.py.)
+    gain: the pointwise kernel's, as Conv2D's.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 use_bias: bool = True, compute_dtype=None, gain: float = 2.0, name: str | None = None):
+        super().__init__(name=name)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        with self.name_scope:
+            # no activation between the two halves, so the depthwise keeps the variance (gain 1)
+            self.depthwise = DepthwiseConv2D(in_channels, kernel_size, stride, gain=1.0, name="depthwise")
+            self.pointwise = Conv2D(in_channels, out_channels, 1, use_bias=use_bias, compute_dtype=compute_dtype,
+                                    gain=gain, name="pointwise")
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        return self.pointwise(self.depthwise(x))  # [B, H/s, W/s, C_out]
+
+
+class Dense(tf.Module):
+    """y = x W + b.  x [B, C_in] -> y [B, C_out]; W [C_in, C_out]; b [C_out].
+    gain: the initial Var(w) * fan_in (1: LeCun, before softmax or SELU; 2: He, before a ReLU)."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = 1.0, name: str | None = None):
         super().__init__(name=name)
         self.in_features, self.out_features = in_features, out_features
         with self.name_scope:
-            self.kernel = tf.Variable(_he_normal([in_features, out_features], in_features, gain=1.0),
+            self.kernel = tf.Variable(_he_normal([in_features, out_features], in_features, gain=gain),
                                       name="kernel")
             self.bias = tf.Variable(tf.zeros([out_features]), name="bias")
 
@@ -195,6 +225,43 @@ class Dense(tf.Module):
 def relu6(x: tf.Tensor) -> tf.Tensor:
     """min(max(x, 0), 6): a ReLU capped at 6, which MobileNet uses throughout."""
     return tf.nn.relu6(x)
+
+
+def relu(x: tf.Tensor) -> tf.Tensor:
+    """max(x, 0)."""
+    return tf.nn.relu(x)
+
+
+def selu(x: tf.Tensor) -> tf.Tensor:
+    """Scaled ELU (Klambauer et al. 2017): lambda * x for x > 0, lambda * alpha * (exp(x) - 1) otherwise,
+    lambda = 1.0507..., alpha = 1.6733...: with LeCun-initialized weights it keeps activations near
+    mean 0, variance 1 without batch norm."""
+    return tf.nn.selu(x)
+
+
+def max_pool(x: tf.Tensor, size: int, stride: int | None = None, padding: str = "VALID") -> tf.Tensor:
+    """The maximum of each size x size window, windows `stride` apart (default: size, no overlap).
+
+    x [B, H, W, C] -> [B, H', W', C]; VALID: H' = floor((H - size) / stride) + 1 (windows inside the
+    image); SAME: H' = ceil(H / stride), the image padded with -inf so padding never wins.
+    """
+    return tf.nn.max_pool2d(x, size, stride or size, padding)
+
+
+def average_pool(x: tf.Tensor, size: int, stride: int | None = None, padding: str = "VALID") -> tf.Tensor:
+    """The mean of each size x size window; shapes as max_pool.  SAME averages only the pixels
+    inside the image (a corner window of 3x3 at stride 1 averages 4 values, not 9 with zeros)."""
+    return tf.nn.avg_pool2d(x, size, stride or size, padding)
+
+
+def flatten(x: tf.Tensor) -> tf.Tensor:
+    """[B, H, W, C] -> [B, H*W*C], row-major (C fastest), the order Keras' Flatten uses."""
+    return tf.reshape(x, [-1, math.prod(x.shape[1:])])
+
+
+def concat(tensors: list[tf.Tensor]) -> tf.Tensor:
+    """Stack feature maps along channels: [B, H, W, C_1], ..., [B, H, W, C_n] -> [B, H, W, sum C_i]."""
+    return tf.concat(tensors, axis=-1)
 
 
 def global_average_pool(x: tf.Tensor) -> tf.Tensor:

@@ -68,24 +68,27 @@ def _tile(w: np.ndarray) -> np.ndarray:
     return 0.5 + 0.5 * w / m if m > 0 else np.full_like(w, 0.5)
 
 
-def stem_filters(kernel: np.ndarray, out: Path) -> Path:
-    """The stem's [3, 3, 3, C] kernel as C colour tiles of 3x3 pixels (each filter scaled on its own)."""
-    c = kernel.shape[-1]
+def stem_filters(kernel: np.ndarray, out: Path, name: str = "stem") -> Path:
+    """The first convolution's [k, k, C_in, C] kernel as C tiles of k x k pixels, in colour for RGB
+    input (C_in = 3), grey for one channel (each filter scaled on its own)."""
+    k, c_in, c = kernel.shape[0], kernel.shape[2], kernel.shape[-1]
     cols = 8
     rows = -(-c // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4))
     for i, ax in enumerate(np.ravel(axes)):
         ax.axis("off")
         if i < c:
-            ax.imshow(_tile(kernel[..., i]), interpolation="nearest")
-    fig.suptitle(f"stem: {c} filters 3x3x3 (RGB; grey = 0)")
+            tile = _tile(kernel[..., i])
+            ax.imshow(tile if c_in == 3 else tile[..., 0], cmap=None if c_in == 3 else "gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+    fig.suptitle(f"{name}: {c} filters {k}x{k}x{c_in} ({'RGB' if c_in == 3 else 'channel 0'}; grey = 0)")
     _save(fig, Path(out))
     return Path(out)
 
 
 def depthwise_filters(kernel: np.ndarray, out: Path, name: str) -> Path:
-    """A depthwise [3, 3, C, 1] kernel as C grey 3x3 tiles on one colour scale."""
-    w = kernel[..., 0]  # [3, 3, C]
+    """A depthwise [k, k, C, 1] kernel as C k x k tiles on one colour scale."""
+    w = kernel[..., 0]  # [k, k, C]
     c = w.shape[-1]
     cols = 16
     rows = -(-c // cols)
@@ -95,7 +98,7 @@ def depthwise_filters(kernel: np.ndarray, out: Path, name: str) -> Path:
         ax.axis("off")
         if i < c:
             ax.imshow(w[..., i], cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-    fig.suptitle(f"{name}: {c} filters 3x3, one per channel (red > 0 > blue)")
+    fig.suptitle(f"{name}: {c} filters {w.shape[0]}x{w.shape[1]}, one per channel (red > 0 > blue)")
     _save(fig, Path(out))
     return Path(out)
 
@@ -107,12 +110,13 @@ def feature_maps(maps: dict, image: np.ndarray, out: Path, title: str, channels:
     for row, name in zip(np.atleast_2d(axes), names):
         for ax in row:
             ax.axis("off")
-        row[0].imshow(image)
+        row[0].imshow(image if image.shape[-1] == 3 else image[..., 0], cmap=None if image.shape[-1] == 3 else "gray")
         row[0].text(-2, image.shape[0] / 2, name, ha="right", va="center", fontsize=7)
         m = maps[name]  # [H, W, C]
         for ax, c in zip(row[1:], np.argsort(-m.mean((0, 1)))[:channels]):
-            ax.imshow(m[..., c], cmap="viridis", vmin=0, vmax=6, interpolation="nearest")
-    fig.suptitle(f"{title}: the {channels} most active channels of every layer (0 to 6)")
+            ax.imshow(m[..., c], cmap="viridis", vmin=min(0, m.min()), vmax=max(m.max(), 1e-6),
+                      interpolation="nearest")
+    fig.suptitle(f"{title}: the {channels} most active channels of every layer (one scale per layer)")
     fig.subplots_adjust(left=0.22, right=0.98, top=1 - 0.6 / (len(names) * 1.1), bottom=0.01)
     _save(fig, Path(out))
     return Path(out)

@@ -302,7 +302,7 @@ def as_command(command: str, call: Callable[[], object]) -> int:
     user's files or flags becomes one sentence on stderr and exit status 2, with the way out."""
     import sys
 
-    from lowlevel import cifar10
+    from lowlevel.datasets import DataError
 
     try:
         call()
@@ -311,7 +311,7 @@ def as_command(command: str, call: Callable[[], object]) -> int:
         message = f"{e}; {instead(e, command)}"
     except WriteError as e:
         message = f"{e}; free some space or fix the folder's permissions."
-    except (RunError, ConfigError, cifar10.DataError) as e:
+    except (RunError, ConfigError, DataError) as e:
         message = str(e)
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -342,12 +342,16 @@ def locate(path: str | Path, best: bool = False) -> tuple[Path, Path]:
                    f"give checkpoints/<run> or checkpoints/<run>/ckpt-N.")
 
 
-def build_model(cfg: Config, num_classes: int, input_size: int = 32):
-    """The model a run's config describes (the one place that turns config.json into a network)."""
-    from lowlevel.mobilenet import MobileNetV1
+def build_model(cfg: Config, num_classes: int, input_shape=(32, 32, 3)):
+    """The model a run's config describes, for images of input_shape (H, W, C) (the one place that
+    turns config.json into a network).  A shape the network cannot take is a ConfigError."""
+    from lowlevel import nets
 
-    return MobileNetV1(num_classes=num_classes, alpha=cfg.alpha, input_size=input_size, stem_stride=1,
-                       dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, precision=cfg.precision)
+    try:
+        return nets.build(cfg.model, tuple(input_shape), num_classes, alpha=cfg.alpha, dropout=cfg.dropout,
+                          bn_momentum=cfg.bn_momentum, precision=cfg.precision)
+    except ValueError as e:
+        raise ConfigError(f"--model {cfg.model} on --dataset {cfg.dataset}: {e}") from None
 
 
 def has_normalization(prefix: Path) -> bool:
@@ -365,16 +369,16 @@ class Loaded:
     config: Config
     model: object  # MobileNetV1, its variables restored
     normalization: object  # pipeline.Normalization the run trained with
-    data: object  # cifar10.CIFAR10 the run evaluates on
+    data: object  # datasets.Dataset the run evaluates on
     note: str = ""  # a notice for the user, e.g. that the normalization had to be recomputed
 
 
 def load(path: str | Path, best: bool = False, data_path: str = "") -> Loaded:
     """Restore a run's model from a run folder or a checkpoint prefix, with its config, normalization
-    and data.  Errors (RunError, ConfigError, cifar10.DataError) are one sentence."""
+    and data.  Errors (RunError, ConfigError, datasets.DataError) are one sentence."""
     from lowlevel._tf import tf
 
-    from lowlevel import cifar10, pipeline
+    from lowlevel import datasets, pipeline
 
     run, prefix = locate(path, best)
     if not (run / "config.json").is_file():
@@ -382,8 +386,8 @@ def load(path: str | Path, best: bool = False, data_path: str = "") -> Loaded:
                        f"give a run folder written by python -m lowlevel.train.")
     cfg = Config.from_json(run / "config.json")
     verify(prefix)
-    data = cifar10.load(data_path or cfg.data or "data")
-    model = build_model(cfg, len(data.label_names), data.train_images.shape[1])
+    data = datasets.load(cfg.dataset, data_path or cfg.data)
+    model = build_model(cfg, len(data.label_names), data.train_images.shape[1:])
     objects = {"model": model}
     note = ""
     if has_normalization(prefix):
@@ -392,7 +396,7 @@ def load(path: str | Path, best: bool = False, data_path: str = "") -> Loaded:
         train_x, _, _, _ = pipeline.split_validation(data.train_images, data.train_labels, cfg.val_size)
         norm = pipeline.Normalization.of(train_x)
         note = (f"note: {prefix} predates saved normalization statistics; they were recomputed from "
-                f"{cifar10.find(data_path or cfg.data or 'data')}")
+                f"{data_path or cfg.data or 'data'}")
     try:
         tf.train.Checkpoint(**objects).read(str(prefix)).assert_existing_objects_matched().expect_partial()
     except (AssertionError, ValueError, tf.errors.OpError) as e:

@@ -1,4 +1,4 @@
-"""Per-layer parameters and multiply-adds of a MobileNetV1, counted from shapes alone.
+"""Per-layer parameters and multiply-adds of any network of lowlevel.nets, counted from shapes alone.
 
 For a layer whose output is H' x W' x C_out:
 
@@ -8,15 +8,17 @@ For a layer whose output is H' x W' x C_out:
     BatchNorm      params 2C trainable + 2C moving statistics; its multiply-adds fold
                    into the convolution at inference, and the paper does not count them.
 
-    python -m lowlevel.summary [--alpha A] [--input-size S] [--classes K] [--stem-stride N]
+    python -m lowlevel.summary [--model NAME] [--alpha A] [--input-size S] [--classes K]
                                [--standard | --compare]
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 
 from lowlevel.config import Parser
+from lowlevel.nets import NETS
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D
 
 
@@ -31,27 +33,26 @@ class Row:
 
 
 def rows(model) -> list[Row]:
-    """One Row per layer of `model` (a MobileNetV1), in order.  No forward pass."""
-    size, out, pairs = model.input_size, [], []
-    for name, conv, bn in model.conv_layers():
-        prefix, _, last = name.rpartition(".")
-        bn_name = "bn_stem" if name == "stem" else f"{prefix}.{'bn' if last == 'conv' else 'bn_' + last}"
-        pairs += [(name, conv), (bn_name, bn)]
-    for name, layer in pairs:
-        if isinstance(layer, BatchNorm):
-            out.append(Row(name, "BatchNorm", out[-1].shape, 2 * layer.channels, 2 * layer.channels, 0))
-            continue
-        size = -(-size // layer.stride)  # SAME padding: ceil(size / stride)
-        k, c_in, c_out = layer.kernel_size, layer.in_channels, layer.out_channels
-        if isinstance(layer, DepthwiseConv2D):
-            op, weights = f"Conv DW {k}x{k}", k * k * c_out
+    """One Row per layer of `model` (any network of lowlevel.nets), in order.  No forward pass:
+    the network lists its layers with their output shapes (`layer_table()`) and the costs follow."""
+    out = []
+    for name, layer, shape in model.layer_table():
+        positions = math.prod(shape[:-1])  # H' * W' (1 for a vector)
+        if isinstance(layer, str):  # pooling, flatten, concatenation: no parameters, no multiply-adds counted
+            out.append(Row(name, layer, shape, 0, 0, 0))
+        elif isinstance(layer, BatchNorm):
+            out.append(Row(name, "BatchNorm", shape, 2 * layer.channels, 2 * layer.channels, 0))
+        elif isinstance(layer, Dense):
+            weights = layer.in_features * layer.out_features
+            out.append(Row(name, "Fully connected", shape, weights + layer.out_features, 0, weights))
         else:
-            op, weights = f"Conv {k}x{k}", k * k * c_in * c_out
-        bias = c_out if isinstance(layer, Conv2D) and layer.bias is not None else 0
-        out.append(Row(name, op, (size, size, c_out), weights + bias, 0, size * size * weights))
-    fc: Dense = model.classifier
-    out.append(Row("classifier", "Fully connected", (fc.out_features,), fc.in_features * fc.out_features
-                   + fc.out_features, 0, fc.in_features * fc.out_features))
+            k, c_in, c_out = layer.kernel_size, layer.in_channels, layer.out_channels
+            if isinstance(layer, DepthwiseConv2D):
+                op, weights = f"Conv DW {k}x{k}", k * k * c_out
+            else:
+                op, weights = f"Conv {k}x{k}", k * k * c_in * c_out
+            bias = c_out if isinstance(layer, Conv2D) and layer.bias is not None else 0
+            out.append(Row(name, op, shape, weights + bias, 0, positions * weights))
     return out
 
 
@@ -70,26 +71,27 @@ def by_op(table: list[Row]) -> dict[str, tuple[int, int]]:
     """{op: (multiply-adds, parameters)} for the convolution and dense types (the paper's Table 2)."""
     shares: dict[str, tuple[int, int]] = {}
     for r in table:
-        if r.op != "BatchNorm":
+        if r.op == "Fully connected" or r.op.startswith("Conv"):
             m, p = shares.get(r.op, (0, 0))
             shares[r.op] = (m + r.madds, p + r.params)
     return dict(sorted(shares.items(), key=lambda kv: -kv[1][0]))
 
 
-def describe(model) -> str:
-    kind = "standard 3x3 convolutions" if model.standard else "depthwise-separable"
-    return (f"MobileNet v1 ({kind}), alpha {model.alpha:g}, {model.input_size}x{model.input_size} input, "
-            f"stem stride {model.stem_stride}, {model.num_classes} classes")
+def describe(model, name: str = "mobilenet") -> str:
+    h, w, c = model.input_shape
+    return (f"{name}: {NETS[name].about}; alpha {model.alpha:g}, {h}x{w}x{c} input, "
+            f"{model.num_classes} classes")
 
 
-def format_table(model) -> str:
+def format_table(model, name: str = "mobilenet") -> str:
     table = rows(model)
     t = totals(table)
-    lines = [describe(model), "",
-             f"{'layer':<24s} {'op':<16s} {'output':>12s} {'params':>11s} {'mult-adds':>14s}"]
+    width = max(24, *(len(r.name) for r in table))
+    lines = [describe(model, name), "",
+             f"{'layer':<{width}s} {'op':<16s} {'output':>12s} {'params':>11s} {'mult-adds':>14s}"]
     for r in table:
         shape = "x".join(str(d) for d in r.shape)
-        lines.append(f"{r.name:<24s} {r.op:<16s} {shape:>12s} {r.params:>11,d} {r.madds:>14,d}")
+        lines.append(f"{r.name:<{width}s} {r.op:<16s} {shape:>12s} {r.params:>11,d} {r.madds:>14,d}")
     lines += ["", f"total: {t.params:,d} trainable parameters (+ {t.moving:,d} batch-norm moving statistics "
                   f"= {t.params + t.moving:,d}), {t.madds / 1e6:,.2f}M multiply-adds per image",
               "", "by op type (the paper's Table 2; batch norm not counted):",
@@ -102,42 +104,60 @@ def format_table(model) -> str:
     return "\n".join(lines)
 
 
-def format_comparison(separable, standard) -> str:
+def format_comparison(separable, standard, names=("depthwise-separable", "standard 3x3")) -> str:
+    """Totals of a separable network and its standard twin side by side (the paper's Table 4)."""
     a, b = totals(rows(separable)), totals(rows(standard))
     return "\n".join([
         "depthwise-separable vs standard convolutions (the paper's Table 4):",
         f"{'':<22s} {'params':>12s} {'mult-adds':>12s}",
-        f"{'depthwise-separable':<22s} {a.params / 1e6:11.2f}M {a.madds / 1e6:11.1f}M",
-        f"{'standard 3x3':<22s} {b.params / 1e6:11.2f}M {b.madds / 1e6:11.1f}M",
+        f"{names[0]:<22s} {a.params / 1e6:11.3f}M {a.madds / 1e6:11.1f}M",
+        f"{names[1]:<22s} {b.params / 1e6:11.3f}M {b.madds / 1e6:11.1f}M",
         f"{'standard / separable':<22s} {b.params / a.params:11.1f}x {b.madds / a.madds:11.1f}x",
     ])
 
 
+# each separable network and the network it is the separable form of
+TWINS = {"mobilenet": "mobilenet-standard", "fashion-cnn-separable": "fashion-cnn",
+         "fashion-separable": "fashion-cnn", "vgg-blocks-separable": "vgg-blocks"}
+
+
 def parser() -> Parser:
-    p = Parser(prog="python -m lowlevel.summary", description="Per-layer parameters and multiply-adds of MobileNet v1.")
+    p = Parser(prog="python -m lowlevel.summary",
+               description="Per-layer parameters and multiply-adds of a network, counted from shapes.")
+    p.add_argument("--model", default="mobilenet", choices=list(NETS), metavar="NAME",
+                   help="the network: " + ", ".join(NETS) + " (default mobilenet)")
     p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
-    p.add_argument("--input-size", type=int, default=32, help="image side in pixels (default 32; ImageNet 224)")
-    p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
-    p.add_argument("--stem-stride", type=int, default=1, help="1 for CIFAR (default), 2 for ImageNet")
+    p.add_argument("--input-size", type=int, default=0, help="image side in pixels (default: the network's own, "
+                                                              "32 for MobileNet; from 128 up MobileNet uses the "
+                                                              "ImageNet stem, stride 2)")
+    p.add_argument("--classes", type=int, default=0, help="number of classes (default: the network's own)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--standard", action="store_true", help="full 3x3 convolutions instead of separable ones")
-    group.add_argument("--compare", action="store_true", help="print both variants' totals side by side")
+    group.add_argument("--standard", action="store_true", help="MobileNet with full 3x3 convolutions (the same "
+                                                               "as --model mobilenet-standard)")
+    group.add_argument("--compare", action="store_true", help="print the totals of a separable network and its "
+                                                              "standard twin side by side")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    name = "mobilenet-standard" if args.standard else args.model
 
-    from lowlevel.mobilenet import MobileNetV1  # after parsing, so --help is instant
+    from lowlevel import nets  # after parsing, so --help is instant
 
-    def build(standard):
-        return MobileNetV1(num_classes=args.classes, alpha=args.alpha, input_size=args.input_size,
-                           stem_stride=args.stem_stride, standard=standard)
+    def build(name):
+        h, w, c = NETS[name].input_shape
+        shape = (args.input_size, args.input_size, c) if args.input_size else (h, w, c)
+        return nets.build(name, shape, args.classes or None, alpha=args.alpha)
     try:
         if args.compare:
-            print(format_comparison(build(False), build(True)))
+            separable = name if name in TWINS else {v: k for k, v in TWINS.items()}.get(name)
+            if separable is None:
+                raise ValueError(f"--compare: {name} has no separable or standard twin; the pairs are "
+                                 + ", ".join(f"{k} and {v}" for k, v in TWINS.items()) + ".")
+            print(format_comparison(build(separable), build(TWINS[separable]), (separable, TWINS[separable])))
         else:
-            print(format_table(build(args.standard)))
+            print(format_table(build(name), name))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 import shlex
 import shutil
 import signal
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from lowlevel._tf import tf
 
-from lowlevel import cifar10, optim, pipeline, runs
+from lowlevel import datasets, optim, pipeline, runs
 from lowlevel.events import Events
 from lowlevel.config import Config, ConfigError
 from lowlevel.runs import RunError, WriteError
@@ -62,7 +61,7 @@ class Trainer(tf.Module):
         super().__init__(name="trainer")
         self.cfg, self.train = cfg, train
         tf.random.set_seed(cfg.seed)  # the initial weights
-        self.model = runs.build_model(cfg, num_classes, input_size=train.images.shape[1])
+        self.model = runs.build_model(cfg, num_classes, input_shape=train.images.shape[1:])
         spe = train.steps_per_epoch
         total, warmup = cfg.epochs * spe, int(cfg.warmup_epochs * spe)
         if cfg.schedule == "cosine":
@@ -187,6 +186,8 @@ def run_config(cfg: Config, explicit: set[str]) -> tuple[Config, Path]:
         cfg = Config.from_json(saved).resumed_with(cfg, explicit)
     elif saved.exists():
         raise RunError(f"{run}: already holds a run; add --resume to continue it, or choose another --run-name.")
+    else:
+        cfg = cfg.with_defaults(explicit)
     return dataclasses.replace(cfg, run_name=run.name).check(), run
 
 
@@ -208,19 +209,6 @@ def open_run(cfg: Config, run: Path):
         held.close()
         raise
     return held
-
-
-def load_data(cfg: Config) -> cifar10.CIFAR10:
-    """--data, or data/cifar-10-batches-py, downloaded there first if missing (the environment
-    variables LOWLEVEL_CIFAR10_URL and LOWLEVEL_CIFAR10_MD5 name a mirror)."""
-    if cfg.data:
-        return cifar10.load(cfg.data)
-    default = Path("data")
-    if not (default / cifar10.FOLDER).is_dir():
-        print(f"no --data given and no {default / cifar10.FOLDER}: downloading CIFAR-10 there", file=sys.stderr)
-        cifar10.download(default, url=os.environ.get("LOWLEVEL_CIFAR10_URL", cifar10.URL),
-                         md5=os.environ.get("LOWLEVEL_CIFAR10_MD5", cifar10.MD5))
-    return cifar10.load(default)
 
 
 def read_history(path: Path, epochs_done: int) -> list[dict]:
@@ -313,7 +301,7 @@ class _Stop:
 class Loop:
     """The epochs of one run: training calls, end-of-epoch bookkeeping, checkpoints."""
 
-    def __init__(self, cfg: Config, run: Path, data: cifar10.CIFAR10):
+    def __init__(self, cfg: Config, run: Path, data: datasets.Dataset):
         train_x, train_y, val_x, val_y = pipeline.split_validation(data.train_images, data.train_labels,
                                                                    cfg.val_size)
         # the training images' statistics; a resumed run restores the ones it started with
@@ -490,7 +478,7 @@ class Loop:
               f"{self.manager.latest_checkpoint})", flush=True)
 
 
-def fit(cfg: Config, run: Path, data: cifar10.CIFAR10) -> int:
+def fit(cfg: Config, run: Path, data: datasets.Dataset) -> int:
     """Train the run to its end (or to --max-steps, or a signal); return the exit status."""
     loop = Loop(cfg, run, data)
     t, stop = loop.trainer, _Stop()
@@ -537,14 +525,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, explicit = Config.from_args(argv)
         cfg, run = run_config(cfg.check(), explicit)
-        data = load_data(cfg)
+        data = datasets.load(cfg.dataset, cfg.data)
         cfg.check_data(len(data.train_images), data.train_images.shape[1])
         with open_run(cfg, run):
             return fit(cfg, run, data)
     except WriteError as e:
         print(f"error: {e}; {after_write_error(cfg, run)}", file=sys.stderr)
         return 2
-    except (ConfigError, RunError, cifar10.DataError) as e:
+    except (ConfigError, RunError, datasets.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C

@@ -35,7 +35,7 @@ def test_quick_benchmark_prints_the_json_last(precision):
 
 
 def test_keras_reference_is_the_same_network():
-    from lowlevel.mobilenet import MobileNetV1
+    from lowlevel.nets.mobilenet import MobileNetV1
     for alpha in (1.0, 0.25):
         ours = sum(int(v.shape.num_elements()) for v in MobileNetV1(alpha=alpha).variables)
         assert bench.keras_model(alpha).count_params() == ours
@@ -44,7 +44,7 @@ def test_keras_reference_is_the_same_network():
 def test_flops_per_image_matches_the_notes():
     """CIFAR default: 46.35M multiply-adds forward -> about 278 MFLOP per training image."""
     from lowlevel import summary
-    from lowlevel.mobilenet import MobileNetV1
+    from lowlevel.nets.mobilenet import MobileNetV1
     assert abs(6 * summary.totals(summary.rows(MobileNetV1())).madds - 278e6) / 278e6 < 0.01
 
 

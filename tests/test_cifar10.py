@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import fakecifar
-from lowlevel import cifar10
-from lowlevel.cifar10 import DataError
+from lowlevel.datasets import cifar10
+from lowlevel.datasets import DataError
 
 
 def test_loads_every_encoding_with_channel_planes_transposed(cifar_any_encoding):

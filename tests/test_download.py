@@ -11,8 +11,8 @@ import threading
 import pytest
 
 import fakecifar
-from lowlevel import cifar10
-from lowlevel.cifar10 import DataError
+from lowlevel.datasets import cifar10
+from lowlevel.datasets import DataError
 
 
 def _tar(members):

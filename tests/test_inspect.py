@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from conftest import one_error
+from conftest import TINY, one_error
 from lowlevel import inspect
-from lowlevel.mobilenet import MobileNetV1
+from lowlevel.nets.mobilenet import MobileNetV1
 
 
 @pytest.mark.parametrize("standard", [False, True])
@@ -92,3 +92,17 @@ def test_graph_writes_the_training_step_and_counts_its_ops(tmp_path, straight, c
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             plugins += [(v.tag, v.metadata.plugin_data.plugin_name) for v in event.summary.value]
     assert plugins == [("train_steps", "graph_run_metadata_graph")]
+
+
+def test_inspect_a_standard_run_layer_by_layer(tmp_path, data, cli):
+    """A mobilenet-standard run: 14 rows, no depthwise ones, the same columns as the separable run's."""
+    status, out, err = cli("train", tmp_path, "--data", data, "--run-name", "std", "--model", "mobilenet-standard",
+                           "--epochs", "1", *TINY)
+    assert status == 0, err
+    status, out, err = cli("inspect", tmp_path, "--checkpoint", tmp_path / "checkpoints" / "std", "--images", "20")
+    assert status == 0, err
+    table = pd.read_csv(tmp_path / "checkpoints" / "std" / "inspect-10" / "layers.csv")
+    assert len(table) == 14 and list(table.layer[:2]) == ["stem", "blocks[0].conv"]
+    assert set(table.op) == {"Conv2D"} and table.gamma_median.notna().all() and (table.weight_range_ratio >= 1).all()
+    assert not (tmp_path / "checkpoints" / "std" / "inspect-10" / "depthwise_filters.png").exists()
+    assert "14 convolutions, 20 test images" in out and "14 Conv2D, 0 DepthwiseConv2dNative" not in out

@@ -198,3 +198,53 @@ def test_conv2d_mixed_precision_multiplies_in_16_bits(dtype):
         loss_full = tf.reduce_sum(full(x) ** 2)
     expected = tape.gradient(loss_full, full.kernel).numpy()
     np.testing.assert_allclose(grad.numpy(), expected, rtol=0, atol=4 * step * np.abs(expected).max())
+
+
+# ---------------------------------------------------------------- the layers the related networks add
+
+@pytest.mark.parametrize("stride, size, bias", [(1, 8, True), (2, 8, True), (2, 7, False), (1, 5, True)])
+def test_separable_conv_matches_keras(stride, size, bias):
+    """A DepthwiseConv2D then a 1x1 Conv2D with bias equals Keras' SeparableConv2D (one fused kernel there)."""
+    ours = layers.SeparableConv2D(4, 6, 3, stride, use_bias=bias)
+    if bias:
+        ours.pointwise.bias.assign(tf.random.normal([6]))
+    ref = keras.layers.SeparableConv2D(6, 3, strides=stride, padding="same", use_bias=bias)
+    ref.build((None, size, size, 4))
+    ref.set_weights([ours.depthwise.kernel.numpy(), ours.pointwise.kernel.numpy()]
+                    + ([ours.pointwise.bias.numpy()] if bias else []))
+    assert ref.count_params() == sum(int(np.prod(v.shape)) for v in ours.trainable_variables)
+    x = _x([2, size, size, 4])
+    y = ours(x)
+    assert y.shape == (2, -(-size // stride), -(-size // stride), 6)
+    np.testing.assert_allclose(y.numpy(), ref(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("size, stride, padding, side", [(2, None, "VALID", 7), (3, 2, "SAME", 7), (3, 2, "SAME", 8),
+                                                         (3, 1, "SAME", 5), (7, None, "VALID", 7), (3, 2, "VALID", 9)])
+def test_pools_match_keras(size, stride, padding, side):
+    x = _x([2, side, side, 3])
+    for ours, ref in ((layers.max_pool, keras.layers.MaxPooling2D), (layers.average_pool, keras.layers.AveragePooling2D)):
+        want = ref(size, strides=stride, padding=padding.lower())(x).numpy()
+        got = ours(x, size, stride, padding).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_average_pool_same_counts_only_pixels_inside():
+    """A 3x3 window at a corner, stride 1, SAME, averages the 4 pixels inside the image, not 9 with zeros."""
+    x = tf.reshape(tf.range(16, dtype=tf.float32), [1, 4, 4, 1])
+    got = layers.average_pool(x, 3, 1, "SAME").numpy()[0, :, :, 0]
+    assert got[0, 0] == np.mean([0, 1, 4, 5])
+    assert layers.max_pool(-tf.ones([1, 3, 3, 1]), 3, 2, "SAME").numpy().max() == -1.0  # padding never wins
+
+
+def test_flatten_selu_relu_concat_match_keras():
+    x = _x([2, 3, 4, 5]) * 3
+    np.testing.assert_array_equal(layers.flatten(x).numpy(), keras.layers.Flatten()(x).numpy())
+    np.testing.assert_allclose(layers.selu(x).numpy(), keras.activations.selu(x).numpy(), rtol=1e-6)
+    lam, alpha = 1.0507009873554805, 1.6732632423543772
+    v = x.numpy()
+    np.testing.assert_allclose(layers.selu(x).numpy(), lam * np.where(v > 0, v, alpha * (np.exp(v) - 1)), rtol=1e-5)
+    np.testing.assert_array_equal(layers.relu(x).numpy(), np.maximum(v, 0))
+    y = _x([2, 3, 4, 2], seed=1)
+    np.testing.assert_array_equal(layers.concat([x, y]).numpy(), keras.layers.Concatenate()([x, y]).numpy())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowlevel.mobilenet import MobileNetV1
+from lowlevel.nets.mobilenet import MobileNetV1
 
 
 def _count(variables):

@@ -104,7 +104,7 @@ def test_slots_exist_before_tracing_and_compiled_equals_eager():
 
 
 def test_decay_mask_rule():
-    from lowlevel.mobilenet import MobileNetV1
+    from lowlevel.nets.mobilenet import MobileNetV1
     model = MobileNetV1(alpha=0.25)
     mask = optim.decays(model.trainable_variables)
     decayed = {v.name for v, d in zip(model.trainable_variables, mask) if d}

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fakecifar
-from lowlevel import cifar10
+from lowlevel.datasets import cifar10
 
 FILES = (*fakecifar.TRAIN_FILES, "test_batch", "batches.meta")
 # CI: the same 800 cases per test every run (about 30 s in all).  A deeper, random search:

@@ -42,7 +42,8 @@ def test_load_gives_the_model_config_normalization_and_data(straight, data):
 
 def test_a_checkpoint_from_before_the_normalization_was_saved_still_evaluates(tmp_path, straight, data, cli):
     """Its statistics are recomputed from the training images, as such runs did, with a note."""
-    from lowlevel import cifar10, pipeline
+    from lowlevel.datasets import cifar10
+    from lowlevel import pipeline
     from lowlevel.config import Config
     from lowlevel.train import Trainer
     old = tmp_path / "old"

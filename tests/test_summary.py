@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lowlevel import summary
-from lowlevel.mobilenet import MobileNetV1
+from lowlevel.nets.mobilenet import MobileNetV1
 
 IMAGENET = dict(num_classes=1000, input_size=224, stem_stride=2)
 
@@ -62,7 +62,7 @@ def test_cli_table_and_errors(capsys):
     assert summary.main(["--alpha", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "blocks[12].pointwise" in out and "Conv 1x1" in out and "total:" in out
-    assert summary.main(["--compare", "--input-size", "224", "--stem-stride", "2", "--classes", "1000"]) == 0
+    assert summary.main(["--compare", "--input-size", "224", "--classes", "1000"]) == 0
     assert "standard / separable" in capsys.readouterr().out
     assert summary.main(["--input-size", "8"]) == 2
     err = capsys.readouterr().err

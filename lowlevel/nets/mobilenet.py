@@ -121,12 +121,12 @@ class StandardBlock(tf.Module):
 
 
 class MobileNetV1(tf.Module):
-    """MobileNet v1: images [B, S, S, 3] (normalized floats) -> logits [B, num_classes].
+    """MobileNet v1: images [B, S, S, C] (normalized floats; C = 3 for colour) -> logits [B, num_classes].
 
     num_classes: classifier outputs.  alpha: width multiplier (0 < alpha).
     input_size: S, the image side the model is built for (used to check the
     strides and by the cost summary; the convolutions accept any size).
-    stem_stride: 1 for CIFAR's 32x32, 2 for ImageNet's 224x224.
+    stem_stride: 1 for CIFAR's 32x32, 2 for ImageNet's 224x224.  channels: of the input images.
     dropout: rate before the classifier, in training only.
     standard: full 3x3 convolutions instead of depthwise-separable blocks.
     bn_momentum, fused_bn: passed to every BatchNorm.
@@ -135,20 +135,24 @@ class MobileNetV1(tf.Module):
     every variable stay float32 (see layers.py); inference() runs all of it in that dtype.
     """
 
+    # each batch norm directly follows its convolution, so inference folds it in (BatchNorm.fold)
+    folds_batch_norm = True
+
     def __init__(self, num_classes: int = 10, alpha: float = 1.0, input_size: int = 32, stem_stride: int = 1,
                  dropout: float = 0.0, standard: bool = False, bn_momentum: float = 0.99, fused_bn: bool = True,
-                 precision: str = "float32", name: str | None = "mobilenet_v1"):
+                 precision: str = "float32", channels: int = 3, name: str | None = "mobilenet_v1"):
         super().__init__(name=name)
         _check(num_classes, alpha, input_size, stem_stride, dropout)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
         self.num_classes, self.alpha, self.input_size, self.stem_stride = num_classes, alpha, input_size, stem_stride
+        self.input_shape = (input_size, input_size, channels)
         self.dropout_rate, self.standard, self.precision = dropout, standard, precision
         compute = tf.as_dtype(precision)
         Block = StandardBlock if standard else SeparableBlock
         with self.name_scope:
             c = scaled(STEM.channels, alpha)
-            self.stem = Conv2D(3, c, STEM.kernel, stem_stride, name="stem")
+            self.stem = Conv2D(channels, c, STEM.kernel, stem_stride, name="stem")
             self.bn_stem = BatchNorm(c, bn_momentum, fused=fused_bn, name="bn_stem")
             self.blocks = []
             for i, row in enumerate(BODY):
@@ -196,6 +200,18 @@ class MobileNetV1(tf.Module):
                 found.append((f"blocks[{i}].conv", block.conv, block.bn))
         return found
 
+    def layer_table(self) -> list[tuple[str, object, tuple[int, ...]]]:
+        """(name, layer, output shape of one image) for every layer in order, counted from shapes (for
+        lowlevel.summary): a layer is a module with variables, or the name of a parameter-free op."""
+        size, found = self.input_size, []
+        for name, conv, bn in self.conv_layers():
+            size = -(-size // conv.stride)  # SAME padding: ceil(size / stride)
+            prefix, _, last = name.rpartition(".")
+            bn_name = "bn_stem" if name == "stem" else f"{prefix}.{'bn' if last == 'conv' else 'bn_' + last}"
+            found += [(name, conv, (size, size, conv.out_channels)), (bn_name, bn, (size, size, conv.out_channels))]
+        found.append(("pool", "Global avg pool", (self.classifier.in_features,)))
+        return found + [("classifier", self.classifier, (self.num_classes,))]
+
     def inference(self, images: tf.Tensor) -> tf.Tensor:
         """The same logits as __call__(images, training=False), faster: every batch norm is folded into
         the convolution before it (BatchNorm.fold), so each layer is one convolution + bias + relu6,
@@ -236,3 +252,19 @@ def _check(num_classes, alpha, input_size, stem_stride, rate) -> None:
                          f"use at least {total}, or a stem stride of 1.")
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout must be in [0, 1), not {rate}.")
+
+
+def separable(input_shape=(32, 32, 3), num_classes: int = 10, dropout: float | None = None,
+              standard: bool = False, **options) -> MobileNetV1:
+    """MobileNetV1 for images of input_shape (H, H, C): the CIFAR stem (stride 1) below 128 pixels,
+    ImageNet's (stride 2) from 128 up; options: alpha, bn_momentum, precision."""
+    h, w, c = input_shape
+    if h != w:
+        raise ValueError(f"MobileNet is built for square images, not {h}x{w}.")
+    return MobileNetV1(num_classes=num_classes, input_size=h, stem_stride=1 if h < 128 else 2,
+                       dropout=dropout or 0.0, standard=standard, channels=c, **options)
+
+
+def standard(input_shape=(32, 32, 3), num_classes: int = 10, **options) -> MobileNetV1:
+    """MobileNetV1 with full 3x3 convolutions in place of the separable blocks."""
+    return separable(input_shape, num_classes, standard=True, **options)

@@ -21,22 +21,17 @@ called.  This module does not import TensorFlow.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import io
 import os
 import pickle
-import shutil
 import struct
 import sys
-import tarfile
-import tempfile
-import urllib.request
 import warnings
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
+
+from lowlevel.datasets import DataError, Dataset, fetch
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -51,19 +46,9 @@ ARCHIVE = "cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
-class DataError(ValueError):
-    """A problem with the user's data files, told in one sentence."""
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class CIFAR10:
-    """The whole data set in memory (about 180 MB)."""
-
-    train_images: np.ndarray  # uint8 [50000, 32, 32, 3]
-    train_labels: np.ndarray  # int64 [50000], values 0..9
-    test_images: np.ndarray  # uint8 [10000, 32, 32, 3]
-    test_labels: np.ndarray  # int64 [10000]
-    label_names: tuple[str, ...]  # 10 class names, index = label
+# The whole data set in memory (about 180 MB): train_images uint8 [50000, 32, 32, 3], train_labels int64
+# [50000] in 0..9, test_images [10000, 32, 32, 3], test_labels [10000], label_names the 10 class names.
+CIFAR10 = Dataset
 
 
 # ---------------------------------------------------------------- unpickling
@@ -324,86 +309,13 @@ def load(path: str | os.PathLike) -> CIFAR10:
 
 # ---------------------------------------------------------------- download
 
-def _check_member(member: tarfile.TarInfo, archive: str) -> None:
-    """Refuse anything but plain files and folders inside `cifar-10-batches-py/`."""
-    name = PurePosixPath(member.name)
-    if name.is_absolute() or ".." in name.parts:
-        raise DataError(f"{archive}: refused the unsafe path {member.name!r} in the archive; "
-                        f"it is not the official CIFAR-10 archive.")
-    if not (member.isfile() or member.isdir()):
-        raise DataError(f"{archive}: refused {member.name!r}, a link or device, in the archive; "
-                        f"it is not the official CIFAR-10 archive.")
-    if name.parts[0] != FOLDER:
-        raise DataError(f"{archive}: refused {member.name!r}, outside {FOLDER}/, in the archive; "
-                        f"it is not the official CIFAR-10 archive.")
-
-
-def _fetch(url: str, dest: Path, progress: bool) -> str:
-    """Stream `url` into `dest`; return the MD5 of what was written."""
-    md5 = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done, shown = 0, -1
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                md5.update(chunk)
-                done += len(chunk)
-                if progress and total:
-                    pct = 100 * done // total
-                    if pct != shown and (sys.stderr.isatty() or pct % 10 == 0):
-                        end = "\r" if sys.stderr.isatty() and pct < 100 else "\n"
-                        print(f"downloading {ARCHIVE}: {pct:3d}% ({done / 1e6:.1f}/{total / 1e6:.1f} MB)",
-                              end=end, file=sys.stderr, flush=True)
-                        shown = pct
-            if total and done != total:
-                raise DataError(f"{url}: the download stopped after {done} of {total} bytes; try again.")
-    except OSError as e:  # URLError, HTTPError, timeouts, disk full
-        reason = getattr(e, "reason", None) or e.strerror or e
-        raise DataError(f"{url}: the download failed ({reason}); check the address and your "
-                        f"connection, or download {ARCHIVE} yourself and unpack it into the data folder.") from None
-    return md5.hexdigest()
-
-
 def download(directory: str | os.PathLike = "data", url: str = URL, md5: str = MD5,
              progress: bool = True) -> Path:
-    """Download, verify and unpack CIFAR-10 into `directory/cifar-10-batches-py`.
-
-    The archive goes to a temporary file, its MD5 is checked, its members are
-    checked (plain files under `cifar-10-batches-py/` only), it is unpacked into
-    a temporary folder, and only then is that folder renamed into place, so an
-    interrupted download never leaves something that looks complete.  Returns
-    the folder; one that already exists is left alone.
-    """
-    directory = Path(directory)
-    target = directory / FOLDER
-    if target.is_dir():
-        return target
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".cifar10-download-", dir=directory))
-    except OSError as e:
-        raise DataError(f"{directory}: cannot create a folder there ({e.strerror}); "
-                        f"choose another with --dir.") from None
-    try:
+    """Download, verify and unpack CIFAR-10 into `directory/cifar-10-batches-py` (see datasets/fetch.py:
+    the MD5 is checked, only plain files under `cifar-10-batches-py/` are unpacked, and the folder
+    appears only when complete).  Returns the folder; one that already exists is left alone."""
+    def fill(work: Path) -> Path:
         archive = work / ARCHIVE
-        got = _fetch(url, archive, progress)
-        if got != md5:
-            raise DataError(f"{url}: the download's MD5 is {got}, not {md5}; it is corrupt or not "
-                            f"the official archive, so it was deleted; try again.")
-        with tarfile.open(archive, "r:gz") as tar:
-            members = tar.getmembers()
-            for m in members:
-                _check_member(m, url)
-            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(work / "out", members=members, **kwargs)
-        unpacked = work / "out" / FOLDER
-        if not unpacked.is_dir():
-            raise DataError(f"{url}: the archive holds no {FOLDER}/ folder; it is not the official archive.")
-        os.replace(unpacked, target)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # zlib.error: a damaged compressed stream
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise DataError(f"{url}: the archive could not be unpacked ({reason}); try again.") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+        fetch.fetch(url, archive, md5, progress)
+        return fetch.unpack(archive, url, FOLDER, work / "out")
+    return fetch.into_place(directory, FOLDER, fill)
