@@ -43,7 +43,8 @@ def _f(default, help: str):
 @dataclasses.dataclass(frozen=True)
 class Config:
     # where things are
-    data: str = _f("", "cifar-10-batches-py or its parent; empty: data/, downloaded there if missing")
+    data: str = _f("", "the data set's folder (e.g. cifar-10-batches-py) or its parent; empty: data/, "
+                       "downloaded there if missing")
     checkpoint_dir: str = _f("checkpoints", "folder holding one folder per run")
     run_name: str = _f("", "the run's folder in --checkpoint-dir; empty: a new timestamped name "
                            "(with --resume: the most recent run)")
@@ -76,6 +77,8 @@ class Config:
                          "normalization, i.e. set to the mean colour (0: no cutout)")
     val_size: int = _f(5000, "training images held out to choose the best checkpoint (0: none)")
     seed: int = _f(0, "seeds the initial weights, the shuffle, the augmentation and dropout")
+    split_seed: int = _f(0, "seeds the 80/20 train/test split of a data set without an official test set "
+                            "(flowers17); saved with the run, so the split is too")
     # bookkeeping
     keep: int = _f(3, "recent checkpoints to keep (the best is kept besides)")
     steps_per_call: int = _f(10, "training steps per call of the compiled step (fewer Python round trips)")
@@ -87,7 +90,7 @@ class Config:
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not today's default.
-    BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10"}
+    BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0}
     # Saved with the run, but a --resume may change them: they do not change what is computed.
     ADJUSTABLE = ("data", "steps_per_call", "tensorboard")
     # Choices of one command, not of the run: never written to config.json nor read from it.
@@ -156,7 +159,8 @@ class Config:
     def parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
         """The CLI; with defaults=False, a flag not given is left out of the parsed namespace."""
         p = Parser(prog="python -m lowlevel.train",
-                                    description="Train MobileNet v1 on CIFAR-10 from raw TensorFlow ops.",
+                                    description="Train a network (MobileNet v1 on CIFAR-10 by default) from raw "
+                                                "TensorFlow ops.",
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")

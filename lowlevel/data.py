@@ -1,9 +1,10 @@
-"""`python -m lowlevel.data`: fetch CIFAR-10, or check a copy you already have.
+"""`python -m lowlevel.data`: fetch a data set, or check a copy you already have.
 
-    python -m lowlevel.data download [--dir data] [--url URL] [--md5 MD5]
-    python -m lowlevel.data check [DIR]
+    python -m lowlevel.data download [--dataset cifar10] [--dir data] [--url URL] [--md5 MD5]
+    python -m lowlevel.data check [DIR] [--dataset cifar10]
 
-A problem with the files is one sentence on stderr and exit status 2.
+--dataset is cifar10 (default), fashion-mnist or flowers17.  A problem with the files is one
+sentence on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -12,19 +13,22 @@ import time
 
 import numpy as np
 
-from lowlevel.datasets import cifar10
+from lowlevel import datasets
 from lowlevel.config import Parser
 
 
 def parser() -> Parser:
     p = Parser(prog="python -m lowlevel.data", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    d = sub.add_parser("download", help="download, verify and unpack the official CIFAR-10 archive")
+    d = sub.add_parser("download", help="download, verify and unpack a data set's official files")
+    d.add_argument("--dataset", default="cifar10", choices=list(datasets.DATASETS), help="default: cifar10")
     d.add_argument("--dir", default="data", help="folder to unpack into (default: data)")
-    d.add_argument("--url", default=cifar10.URL, help="where to fetch cifar-10-python.tar.gz from")
-    d.add_argument("--md5", default=cifar10.MD5, help="the archive's expected MD5 (default: the official one)")
+    d.add_argument("--url", default="", help="where to fetch the files from (default: the official address)")
+    d.add_argument("--md5", default="", help="the files' expected MD5 (default: the official one; Fashion-MNIST: "
+                                             "four, comma-separated)")
     c = sub.add_parser("check", help="load a copy and print what it holds")
-    c.add_argument("dir", nargs="?", default="data", help="cifar-10-batches-py or its parent (default: data)")
+    c.add_argument("dir", nargs="?", default="data", help="the data set's folder or its parent (default: data)")
+    c.add_argument("--dataset", default="cifar10", choices=list(datasets.DATASETS), help="default: cifar10")
     return p
 
 
@@ -32,21 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     try:
+        reader = datasets.reader(args.dataset)
         if args.command == "download":
-            folder = cifar10.download(args.dir, url=args.url, md5=args.md5)
-            print(f"CIFAR-10 is in {folder}")
+            folder = reader.download(args.dir, url=args.url or reader.URL, md5=args.md5 or reader.MD5)
+            print(f"{args.dataset} is in {folder}")
             return 0
         start = time.perf_counter()
-        data = cifar10.load(args.dir)
+        data = datasets.load(args.dataset, args.dir)
         seconds = time.perf_counter() - start
-    except cifar10.DataError as e:
+    except datasets.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{cifar10.find(args.dir)}: {len(data.train_images)} training and {len(data.test_images)} "
-          f"test images, loaded in {seconds:.2f} s")
-    counts = np.bincount(data.test_labels, minlength=cifar10.NUM_CLASSES)
+    shape = "x".join(map(str, data.train_images.shape[1:]))
+    print(f"{reader.find(args.dir)}: {len(data.train_images)} training and {len(data.test_images)} "
+          f"test images of {shape}, loaded in {seconds:.2f} s")
+    counts = np.bincount(data.test_labels, minlength=len(data.label_names))
     for name, n in zip(data.label_names, counts):
-        print(f"  {name:<12s} {n:5d} test images")
+        print(f"  {name:<20s} {n:5d} test images")
     return 0
 
 

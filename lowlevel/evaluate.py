@@ -1,4 +1,4 @@
-"""`python -m lowlevel.evaluate`: restore a checkpoint and measure it on the CIFAR-10 test set.
+"""`python -m lowlevel.evaluate`: restore a checkpoint and measure it on its data set's test images.
 
     python -m lowlevel.evaluate --checkpoint checkpoints/RUN           # the run's latest checkpoint
     python -m lowlevel.evaluate --checkpoint checkpoints/RUN --best    # its best by validation accuracy
@@ -45,7 +45,8 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
     k = len(data.label_names)
     matrix = np.zeros((k, k), np.int64)
     np.add.at(matrix, (data.test_labels, preds), 1)
-    per_class = matrix.diagonal() / matrix.sum(1)
+    totals = matrix.sum(1)
+    per_class = np.divide(matrix.diagonal(), totals, out=np.full(k, np.nan), where=totals > 0)  # nan: no test image
 
     print(f"{prefix}: test loss {loss:.4f}, test accuracy {100 * accuracy:.2f}% ({len(preds)} images)")
     for name, acc in zip(data.label_names, per_class):

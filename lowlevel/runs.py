@@ -386,7 +386,7 @@ def load(path: str | Path, best: bool = False, data_path: str = "") -> Loaded:
                        f"give a run folder written by python -m lowlevel.train.")
     cfg = Config.from_json(run / "config.json")
     verify(prefix)
-    data = datasets.load(cfg.dataset, data_path or cfg.data)
+    data = datasets.load(cfg.dataset, data_path or cfg.data, cfg.split_seed)
     model = build_model(cfg, len(data.label_names), data.train_images.shape[1:])
     objects = {"model": model}
     note = ""

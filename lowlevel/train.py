@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, explicit = Config.from_args(argv)
         cfg, run = run_config(cfg.check(), explicit)
-        data = datasets.load(cfg.dataset, cfg.data)
+        data = datasets.load(cfg.dataset, cfg.data, cfg.split_seed)
         cfg.check_data(len(data.train_images), data.train_images.shape[1])
         with open_run(cfg, run):
             return fit(cfg, run, data)

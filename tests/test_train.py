@@ -60,7 +60,7 @@ def test_a_resumed_epoch_counts_only_the_images_this_process_trained(tmp_path, d
     monkeypatch.chdir(tmp_path)
     cfg, explicit = Config.from_args(["--data", str(data), "--run-name", "p", "--resume", "--max-steps", "10"])
     cfg, run = tm.run_config(cfg.check(), explicit)
-    loop = tm.Loop(cfg, run, datasets.load(cfg.dataset, cfg.data))
+    loop = tm.Loop(cfg, run, datasets.load(cfg.dataset, cfg.data, cfg.split_seed))
     stop = tm._Stop()
     try:
         lr, seconds, images = loop.train_epoch(stop)
@@ -195,7 +195,7 @@ def test_a_parameter_that_is_not_finite_is_never_saved(tmp_path, data, monkeypat
     cfg, explicit = Config.from_args(["--data", str(data), "--run-name", "f", *STRAIGHT])
     cfg, run = tm.run_config(cfg.check(), explicit)
     with tm.open_run(cfg, run):
-        loop = tm.Loop(cfg, run, datasets.load(cfg.dataset, cfg.data))
+        loop = tm.Loop(cfg, run, datasets.load(cfg.dataset, cfg.data, cfg.split_seed))
         stop = tm._Stop()
         try:
             loop.end_epoch(*loop.train_epoch(stop))

@@ -50,6 +50,23 @@ DATASETS = {
 }
 
 
+def find_folder(path, candidates: list[str], holds: str, dataset: str):
+    """The first of path/c for c in `candidates` ("" for path itself) that is a folder; a missing or
+    non-folder `path` is a DataError naming what it should hold (`holds`) and how to fetch it."""
+    from pathlib import Path
+
+    path = Path(path)
+    for c in candidates:
+        if c and (path / c).is_dir():
+            return path / c
+    if not path.exists():
+        raise DataError(f"{path}: no such folder; give the folder that holds {holds} (or fetch it with "
+                        f"`python -m lowlevel.data download --dataset {dataset}`).")
+    if not path.is_dir():
+        raise DataError(f"{path}: is a file, not a folder; give the folder that holds {holds}.")
+    return path
+
+
 def reader(name: str):
     """The module that reads data set `name` (see the names it has above)."""
     if name not in DATASETS:
@@ -57,20 +74,22 @@ def reader(name: str):
     return importlib.import_module(f"lowlevel.datasets.{DATASETS[name].module}")
 
 
-def load(name: str, path: str = "") -> Dataset:
+def load(name: str, path: str = "", split_seed: int = 0) -> Dataset:
     """Data set `name` from `path` (its folder or the folder above it); with no path from data/,
     downloaded there first if missing (LOWLEVEL_<NAME>_URL and LOWLEVEL_<NAME>_MD5, e.g.
-    LOWLEVEL_CIFAR10_URL, name a mirror)."""
+    LOWLEVEL_CIFAR10_URL, name a mirror).  split_seed: for a data set without an official test
+    set (flowers17), the seed of its train/test split."""
     import os
     import sys
     from pathlib import Path
 
     r = reader(name)
+    options = {"split_seed": split_seed} if getattr(r, "SPLIT_BY_SEED", False) else {}
     if path:
-        return r.load(path)
+        return r.load(path, **options)
     default = Path("data")
     if not (default / r.FOLDER).is_dir():
         env = "LOWLEVEL_" + name.upper().replace("-", "_")
         print(f"no --data given and no {default / r.FOLDER}: downloading {name} there", file=sys.stderr)
         r.download(default, url=os.environ.get(f"{env}_URL", r.URL), md5=os.environ.get(f"{env}_MD5", r.MD5))
-    return r.load(default)
+    return r.load(default, **options)

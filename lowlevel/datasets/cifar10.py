@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlevel.datasets import DataError, Dataset, fetch
+from lowlevel.datasets import DataError, Dataset, fetch, find_folder
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -273,15 +273,7 @@ def _label_names(path: Path) -> tuple[str, ...]:
 
 def find(path: str | os.PathLike) -> Path:
     """The `cifar-10-batches-py` folder: `path` itself, or `path/cifar-10-batches-py`."""
-    path = Path(path)
-    if (path / FOLDER).is_dir():
-        return path / FOLDER
-    if not path.exists():
-        raise DataError(f"{path}: no such folder; give the folder that holds {FOLDER} "
-                        f"(or fetch it with `python -m lowlevel.data download`).")
-    if not path.is_dir():
-        raise DataError(f"{path}: is a file, not a folder; give the folder that holds {FOLDER}.")
-    return path
+    return find_folder(path, [FOLDER], FOLDER, "cifar10")
 
 
 def load(path: str | os.PathLike) -> CIFAR10:
