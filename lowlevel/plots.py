@@ -170,6 +170,23 @@ def batch_norms(moving: dict, out: Path, title: str) -> Path:
     return Path(out)
 
 
+def compare(table, out: Path, title: str) -> Path:
+    """Test accuracy against multiply-adds (log axis), one point per network, marker area by parameters."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    area = 2000 * table.parameters / table.parameters.max()
+    ax.scatter(table.mult_adds, 100 * table.test_accuracy, s=area, alpha=0.5)
+    for r in table.itertuples():
+        ax.annotate(f"{r.name}\n{r.parameters / 1e6:.2f}M params", (r.mult_adds, 100 * r.test_accuracy),
+                    fontsize=8, ha="center", va="center")
+    ax.set_xscale("log")
+    ax.set_xlabel("multiply-adds per image")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"separable vs standard: {title} (marker area: parameters)")
+    ax.margins(0.2)
+    _save(fig, Path(out))
+    return Path(out)
+
+
 def _save(fig, out: Path) -> None:
     """Write the figure as a PNG whole or not at all (a temporary file renamed over `out`), then close it;
     runs.WriteError names `out` if the disk is full."""
