@@ -1,7 +1,11 @@
-"""`python -m lowlevel.train`: train MobileNet v1 on CIFAR-10 with a hand-written loop.
+"""`python -m lowlevel.train`: train a network (MobileNet v1 on CIFAR-10 by default) with a hand-written loop.
 
     python -m lowlevel.train --data cifar-10-batches-py --run-name first
     python -m lowlevel.train --run-name first --resume          # after Ctrl-C, a crash, a reboot
+    python -m lowlevel.train --model vgg-blocks-separable --run-name vgg   # any network of lowlevel.nets
+
+The loop knows no network by name: `runs.build_model` builds the one config.json names (from
+the registry in lowlevel/nets/), for the data set's image shape and classes.
 
 One compiled function runs `steps_per_call` training steps: gather the batch
 from the uint8 images on the device, augment it, forward, backward, update.
@@ -118,7 +122,7 @@ class Trainer(tf.Module):
         lr = tf.constant(0.0)
         for _ in tf.range(n):
             step = self.optimizer.iterations
-            x, y = self.train.train_batch(order, step)  # [B, 32, 32, 3] float32, [B] int32
+            x, y = self.train.train_batch(order, step)  # [B, H, W, C] float32, [B] int32
             params = self.model.trainable_variables
             with tf.GradientTape() as tape:
                 logits = self.model(x, training=True, seed=pipeline.dropout_key(self.cfg.seed, step))  # [B, K]
