@@ -71,7 +71,7 @@ class MixedUnit(tf.Module):
             for branch, rows in plans:
                 if rows is None:
                     continue
-                units, c = [], shape
+                units = []
                 shapes = [(-(-shape[0] // s), -(-shape[1] // s), shape[2])] if branch == "pool" else []
                 c = shapes[0] if shapes else shape
                 for j, conv in enumerate(rows):
