@@ -95,6 +95,51 @@ def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int,
     return batch * steps / train_s, batch * steps / infer_s
 
 
+def summaries_throughput(batch: int, alpha: float, steps: int, repeats: int, per_call: int = 10,
+                         steps_per_epoch: int = 351) -> tuple[float, float]:
+    """(training images/s with TensorBoard summaries off, with them on), as lowlevel.train runs them.
+
+    Off: `steps` training steps in calls of `per_call` (train's --steps-per-call).  On: the same
+    calls, each followed by the per-call scalars (Events.step), plus the end-of-epoch summaries
+    (the gradient norms on one batch, every histogram, the scalars: Events.epoch) timed on their
+    own and charged at one per `steps_per_epoch` steps (351: CIFAR-10 at batch 128).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from lowlevel import pipeline
+    from lowlevel.config import Config
+    from lowlevel.events import Events
+    from lowlevel.train import Trainer
+
+    images, labels = random_images(batch * (steps + 1))
+    cfg = Config(alpha=alpha, batch_size=batch)
+    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0, cutout=cfg.cutout)
+    trainer = Trainer(cfg, batches)
+    order, calls = batches.order(0), [min(per_call, steps - k) for k in range(0, steps, per_call)]
+    float(trainer.train_steps(order, tf.constant(calls[0])))  # trace and warm up
+    names = [name for name, _, _ in trainer.model.conv_layers()]
+    row = dict.fromkeys(("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_s"), 0.5)
+    with tempfile.TemporaryDirectory() as folder:
+        events = Events(Path(folder), enabled=True)
+
+        def train(summaries: bool):
+            for n in calls:
+                lr = float(trainer.train_steps(order, tf.constant(n)))
+                if summaries:
+                    events.step(trainer.step, float(trainer.epoch_loss.numpy()), lr)
+
+        def epoch_end():
+            norms = trainer.grad_norms(order, tf.constant(0, tf.int64))
+            events.epoch(trainer.step, row, trainer.model, {n: float(v) for n, v in zip(names, norms)})
+
+        epoch_end()  # trace grad_norms
+        off, on = best_time(lambda: train(False), repeats), best_time(lambda: train(True), repeats)
+        on += best_time(epoch_end, repeats) * steps / steps_per_epoch
+        events.close()
+    return batch * steps / off, batch * steps / on
+
+
 def pipeline_throughput(batch: int, steps: int, repeats: int) -> float:
     """Images/s of the input pipeline alone: gather, crop + flip, normalize, cutout, `steps` batches per call."""
     from lowlevel import pipeline
@@ -242,6 +287,8 @@ def parser() -> Parser:
                     help="lowlevel's --precision, and Keras' matching mixed policy (default float32)")
     ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run: alpha 0.25, batch 16, 2 steps")
     ap.add_argument("--profile", action="store_true", help="instead: milliseconds per training step by op type")
+    ap.add_argument("--summaries", action="store_true", help="instead: training images/s with TensorBoard "
+                                                             "summaries off and on, as lowlevel.train writes them")
     return ap
 
 
@@ -261,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         for op, ms in table[:15]:
             print(f"{op:<44s} {ms:8.1f} ms {100 * ms / total:6.1f}%")
         print(f"{'all kernels':<44s} {total:8.1f} ms; {wall_ms:.1f} ms per step by the wall clock (tracing included)")
+        return 0
+
+    if args.summaries:
+        off, on = summaries_throughput(args.batch_size, args.alpha, args.steps, args.repeats)
+        print(f"training images/s, alpha {args.alpha:g}, batch {args.batch_size}, best of {args.repeats}: "
+              f"summaries off {off:.1f}, on {on:.1f} ({100 * (1 - on / off):.2f}% slower)")
+        print(json.dumps({"train_images_per_s_summaries_off": round(off, 2), "train_images_per_s_summaries_on":
+                          round(on, 2), "summaries_cost": round(1 - on / off, 5)}))
         return 0
 
     from lowlevel import summary

@@ -59,3 +59,19 @@ def test_profile_by_op_type():
     # one kernel at a time: the kernels' times add up to no more than the step's wall time
     kernels_ms, wall_ms = (float(w) for w in re.findall(r"([\d.]+) ms", lines[-1]))
     assert 0 < kernels_ms <= wall_ms
+
+
+def test_summaries_benchmark_times_training_with_and_without_them(capsys, monkeypatch):
+    """--summaries: images/s with TensorBoard summaries off and on; the end-of-epoch summaries really run
+    (an Events.epoch that fails fails the benchmark)."""
+    from lowlevel import events
+    assert bench.main(["--summaries", "--quick"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    off, on = last["train_images_per_s_summaries_off"], last["train_images_per_s_summaries_on"]
+    assert off > 0 and on > 0 and last["summaries_cost"] == pytest.approx(1 - on / off, abs=1e-3)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("epoch summaries ran")
+    monkeypatch.setattr(events.Events, "epoch", broken)
+    with pytest.raises(RuntimeError, match="epoch summaries ran"):
+        bench.main(["--summaries", "--quick"])
