@@ -367,7 +367,7 @@ class Loaded:
     run: Path  # the run folder
     prefix: Path  # the checkpoint restored
     config: Config
-    model: object  # MobileNetV1, its variables restored
+    model: object  # the network (lowlevel.nets), its variables restored
     normalization: object  # pipeline.Normalization the run trained with
     data: object  # datasets.Dataset the run evaluates on
     note: str = ""  # a notice for the user, e.g. that the normalization had to be recomputed

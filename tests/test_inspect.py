@@ -105,4 +105,5 @@ def test_inspect_a_standard_run_layer_by_layer(tmp_path, data, cli):
     assert len(table) == 14 and list(table.layer[:2]) == ["stem", "blocks[0].conv"]
     assert set(table.op) == {"Conv2D"} and table.gamma_median.notna().all() and (table.weight_range_ratio >= 1).all()
     assert not (tmp_path / "checkpoints" / "std" / "inspect-10" / "depthwise_filters.png").exists()
-    assert "14 convolutions, 20 test images" in out and "14 Conv2D, 0 DepthwiseConv2dNative" not in out
+    assert "14 convolutions, 20 test images" in out and "inference graph: 14 Conv2D" in out
+    assert "DepthwiseConv2dNative" not in out

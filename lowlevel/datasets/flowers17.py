@@ -55,6 +55,7 @@ def split(seed: int = 0) -> np.ndarray:
 def load(path: str | os.PathLike, split_seed: int = 0, side: int = SIDE) -> Dataset:
     """All 1,360 images decoded and resized to side x side: uint8 [N, side, side, 3], split 80/20."""
     from lowlevel._tf import tf
+    from lowlevel.runs import first_line
 
     folder = find(path)
     files = names()
@@ -71,19 +72,13 @@ def load(path: str | os.PathLike, split_seed: int = 0, side: int = SIDE) -> Data
                             f"download the data set again.")
         try:
             pixels = tf.io.decode_jpeg(file.read_bytes(), channels=3)  # uint8 [h, w, 3]
-        except (tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
-            raise DataError(f"{file}: is not a JPEG image ({_first_line(e)}); download the data set again.") \
-                from None
+        except tf.errors.OpError as e:  # InvalidArgumentError: not a JPEG, or a damaged one
+            raise DataError(f"{file}: is not a JPEG image ({first_line(e)}); download the data set again.") from None
         resized = tf.image.resize(pixels, [side, side], antialias=True)  # float32 [side, side, 3]
         images[i] = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
     labels = np.arange(COUNT, dtype=np.int64) // PER_CLASS
     test = split(split_seed)
     return Dataset(images[~test], labels[~test], images[test], labels[test], LABEL_NAMES)
-
-
-def _first_line(e: BaseException) -> str:
-    text = getattr(e, "message", None) or str(e)
-    return " ".join(text.strip().splitlines()[:1])[:120]
 
 
 def download(directory: str | os.PathLike = "data", url: str = URL, md5: str = MD5, progress: bool = True) -> Path:

@@ -8,7 +8,7 @@ All convolutions SAME with a bias and ReLU; the pools 2x2 stride 2 VALID: 224 ->
 """
 from __future__ import annotations
 
-from lowlevel.nets.stack import Conv, Dense, Dropout, Flatten, Pool, Stack
+from lowlevel.nets.stack import Conv, Dense, Dropout, Flatten, Pool, factory
 
 INPUT_SHAPE, NUM_CLASSES = (224, 224, 3), 17
 
@@ -16,5 +16,4 @@ ALEXNET = (Conv(96, 11, 4), Conv(256, 5), Pool("max", 2), Conv(384, 3), Pool("ma
            Conv(256, 3), Pool("max", 2), Flatten(), Dense(4096), Dropout(0.5), Dense(4096), Dropout(0.5), Dense(0))
 
 
-def build(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, **options) -> Stack:
-    return Stack(ALEXNET, input_shape, num_classes, name="alexnet", **options)
+build = factory(ALEXNET, "alexnet", INPUT_SHAPE, NUM_CLASSES)

@@ -10,7 +10,7 @@ The pools are 2x2, stride 2, VALID (Keras' MaxPooling2D default): 28 -> 14 -> 7 
 """
 from __future__ import annotations
 
-from lowlevel.nets.stack import Conv, Dense, Flatten, Pool, Stack
+from lowlevel.nets.stack import Conv, Dense, Flatten, Pool, factory
 
 INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
 
@@ -31,12 +31,6 @@ FASHION_CNN_SEPARABLE = table(separable_from=1, act="selu")
 FASHION_SEPARABLE = table(separable_from=0, act="relu")
 
 
-def build(rows, name: str):
-    def make(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, **options) -> Stack:
-        return Stack(rows, input_shape, num_classes, name=name.replace("-", "_"), **options)
-    return make
-
-
-fashion_cnn = build(FASHION_CNN, "fashion-cnn")
-fashion_cnn_separable = build(FASHION_CNN_SEPARABLE, "fashion-cnn-separable")
-fashion_separable = build(FASHION_SEPARABLE, "fashion-separable")
+fashion_cnn = factory(FASHION_CNN, "fashion-cnn", INPUT_SHAPE, NUM_CLASSES)
+fashion_cnn_separable = factory(FASHION_CNN_SEPARABLE, "fashion-cnn-separable", INPUT_SHAPE, NUM_CLASSES)
+fashion_separable = factory(FASHION_SEPARABLE, "fashion-separable", INPUT_SHAPE, NUM_CLASSES)

@@ -28,7 +28,7 @@ import dataclasses
 from lowlevel._tf import tf
 
 from lowlevel import layers as L
-from lowlevel.nets.stack import Conv, Dense, Flatten, Pool, Stack, identifier
+from lowlevel.nets.stack import Conv, Dense, Flatten, Pool, factory, identifier
 
 INPUT_SHAPE, NUM_CLASSES = (224, 224, 3), 17
 
@@ -122,5 +122,4 @@ INCEPTION_V2 = (
 )
 
 
-def build(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, **options) -> Stack:
-    return Stack(INCEPTION_V2, input_shape, num_classes, name="inception_v2", **options)
+build = factory(INCEPTION_V2, "inception-v2", INPUT_SHAPE, NUM_CLASSES)

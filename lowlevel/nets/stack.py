@@ -204,6 +204,14 @@ class DenseUnit(tf.Module):
         return []
 
 
+def factory(rows, name: str, input_shape, num_classes: int):
+    """The registry's constructor for a table: (input_shape, num_classes, **options) -> Stack, with
+    the shape and classes the table was designed for as defaults."""
+    def make(input_shape=input_shape, num_classes=num_classes, **options) -> "Stack":
+        return Stack(rows, input_shape, num_classes, name=identifier(name.replace("-", "_")), **options)
+    return make
+
+
 class Stack(tf.Module):
     """A table of rows as one network: images [B, H, W, C] (normalized floats) -> logits [B, num_classes].
 

@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from lowlevel.nets.stack import Conv, Dense, Dropout, Flatten, Pool, Stack
+from lowlevel.nets.stack import Conv, Dense, Dropout, Flatten, Pool, factory
 
 
 def blocks(groups, separable: bool = False) -> list:
@@ -26,12 +26,6 @@ VGG16 = (*blocks([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]), Flatten(),
          Dense(4096), Dropout(0.5), Dense(4096), Dropout(0.5), Dense(0))
 
 
-def build(rows, name: str, input_shape, num_classes: int):
-    def make(input_shape=input_shape, num_classes=num_classes, **options) -> Stack:
-        return Stack(rows, input_shape, num_classes, name=name.replace("-", "_"), **options)
-    return make
-
-
-vgg_blocks = build(VGG_BLOCKS, "vgg-blocks", (32, 32, 3), 10)
-vgg_blocks_separable = build(VGG_BLOCKS_SEPARABLE, "vgg-blocks-separable", (32, 32, 3), 10)
-vgg16 = build(VGG16, "vgg16", (224, 224, 3), 17)
+vgg_blocks = factory(VGG_BLOCKS, "vgg-blocks", (32, 32, 3), 10)
+vgg_blocks_separable = factory(VGG_BLOCKS_SEPARABLE, "vgg-blocks-separable", (32, 32, 3), 10)
+vgg16 = factory(VGG16, "vgg16", (224, 224, 3), 17)
