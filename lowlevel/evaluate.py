@@ -4,9 +4,14 @@
     python -m lowlevel.evaluate --checkpoint checkpoints/RUN --best    # its best by validation accuracy
     python -m lowlevel.evaluate --checkpoint checkpoints/RUN/ckpt-390  # one checkpoint
 
+    python -m lowlevel.evaluate --model checkpoints/RUN/export/int8.tflite      # an exported model
+    python -m lowlevel.evaluate --model checkpoints/RUN/export/savedmodel
+
 The model is rebuilt from the run's config.json, so no training flag needs to
-be repeated.  Prints test loss and accuracy, per-class accuracy and the confusion
-matrix, and writes them beside the checkpoint as CSV and PNG.
+be repeated; an exported model's data set is read from the export.json beside it
+(lowlevel.export), or given with --dataset and --data.  Prints test loss (checkpoints
+only) and accuracy, per-class accuracy and the confusion matrix, and writes them
+beside the checkpoint or the exported file as CSV and PNG.
 """
 from __future__ import annotations
 
@@ -21,19 +26,26 @@ from lowlevel.config import Parser
 
 def parser() -> Parser:
     p = Parser(prog="python -m lowlevel.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a run folder, or one checkpoint prefix (.../ckpt-N)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a run folder, or one checkpoint prefix (.../ckpt-N)")
+    which.add_argument("--model", help="instead: an exported SavedModel folder or .tflite file (lowlevel.export)")
     p.add_argument("--best", action="store_true", help="with a run folder: its best checkpoint, not the latest")
-    p.add_argument("--data", default="", help="cifar-10-batches-py or its parent (default: the run's --data)")
+    p.add_argument("--data", default="", help="the data set's folder or its parent (default: the run's --data)")
+    p.add_argument("--dataset", default="", help="with --model and no export.json beside it: the data set "
+                                                 "(default cifar10)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.model:
+        return runs.as_command("python -m lowlevel.evaluate", lambda: evaluate_exported(
+            args.model, args.data, args.dataset))
     return runs.as_command("python -m lowlevel.evaluate", lambda: evaluate(args.checkpoint, args.best, args.data))
 
 
 def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
-    from lowlevel import pipeline, plots
+    from lowlevel import pipeline
     from lowlevel.train import evaluator
 
     loaded = runs.load(checkpoint, best, data_path)
@@ -42,13 +54,41 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
     data, prefix = loaded.data, loaded.prefix
     test = pipeline.Batches(data.test_images, data.test_labels, loaded.normalization, 500)
     loss, accuracy, preds = evaluator(loaded.model, test)()
+    report(data, preds, prefix, f"test loss {loss:.4f}, ")
+    return 0
+
+
+def evaluate_exported(path: str, data_path: str = "", dataset: str = "", batch: int = 500) -> float:
+    """The test accuracy of an exported model, reported as for a checkpoint; returns it."""
+    from lowlevel import datasets, export
+
+    model = export.Exported(path)
+    if model.kind == "tflite" and export.litert_notice():
+        print(export.litert_notice())
+    manifest = export.read_manifest(model.path.parent) or {}
+    name = dataset or manifest.get("dataset") or "cifar10"
+    data = datasets.load(name, data_path or manifest.get("data", ""), manifest.get("split_seed", 0))
+    if tuple(data.test_images.shape[1:]) != model.input_shape:
+        raise runs.RunError(f"{model.path}: takes images of shape {model.input_shape}, but the {name} test images "
+                            f"are {data.test_images.shape[1:]}; give its data set with --dataset and --data.")
+    images = data.test_images
+    probabilities = np.concatenate([model.predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+    return report(data, probabilities.argmax(-1), model.path)
+
+
+def report(data, preds: np.ndarray, prefix: Path, loss: str = "") -> float:
+    """Print the accuracy, per class and as a confusion matrix, of predictions `preds` [N] of data's test
+    images, and write <prefix>-test-confusion.csv, -per-class.csv and -confusion.png; returns the accuracy."""
+    from lowlevel import plots
+
+    accuracy = float(np.mean(preds == data.test_labels))
     k = len(data.label_names)
     matrix = np.zeros((k, k), np.int64)
     np.add.at(matrix, (data.test_labels, preds), 1)
     totals = matrix.sum(1)
     per_class = np.divide(matrix.diagonal(), totals, out=np.full(k, np.nan), where=totals > 0)  # nan: no test image
 
-    print(f"{prefix}: test loss {loss:.4f}, test accuracy {100 * accuracy:.2f}% ({len(preds)} images)")
+    print(f"{prefix}: {loss}test accuracy {100 * accuracy:.2f}% ({len(preds)} images)")
     for name, acc in zip(data.label_names, per_class):
         print(f"  {name:<12s} {100 * acc:6.2f}%")
     print("confusion matrix (rows: true class, columns: predicted):")
@@ -56,7 +96,7 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
     for name, row in zip(data.label_names, matrix):
         print(f"  {name[:9]:<9s} " + " ".join(f"{v:5d}" for v in row))
 
-    stem = prefix.parent / f"{prefix.name}-test"
+    stem = prefix.parent / f"{prefix.name.removesuffix('.tflite')}-test"
     header = ",".join(["true\\predicted", *data.label_names])
     rows = [",".join([n, *map(str, r)]) for n, r in zip(data.label_names, matrix)]
     runs.write_text(Path(f"{stem}-confusion.csv"), "\n".join([header, *rows]) + "\n")
@@ -66,7 +106,7 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
     plots.confusion_matrix(matrix, list(data.label_names), f"{stem}-confusion.png",
                            title=f"{prefix.name}: test accuracy {100 * accuracy:.2f}%")
     print(f"wrote {stem}-confusion.csv, {stem}-per-class.csv and {stem}-confusion.png")
-    return 0
+    return accuracy
 
 
 if __name__ == "__main__":

@@ -373,9 +373,11 @@ class Loaded:
     note: str = ""  # a notice for the user, e.g. that the normalization had to be recomputed
 
 
-def load(path: str | Path, best: bool = False, data_path: str = "") -> Loaded:
+def load(path: str | Path, best: bool = False, data_path: str = "", precision: str = "") -> Loaded:
     """Restore a run's model from a run folder or a checkpoint prefix, with its config, normalization
-    and data.  Errors (RunError, ConfigError, datasets.DataError) are one sentence."""
+    and data.  precision: build the model in this one instead of the run's (the variables are float32
+    in every precision, so they restore alike; export uses "float32").
+    Errors (RunError, ConfigError, datasets.DataError) are one sentence."""
     from lowlevel._tf import tf
 
     from lowlevel import datasets, pipeline
@@ -385,6 +387,8 @@ def load(path: str | Path, best: bool = False, data_path: str = "") -> Loaded:
         raise RunError(f"{run}: has no config.json, so the model cannot be rebuilt; "
                        f"give a run folder written by python -m lowlevel.train.")
     cfg = Config.from_json(run / "config.json")
+    if precision:
+        cfg = dataclasses.replace(cfg, precision=precision)
     verify(prefix)
     data = datasets.load(cfg.dataset, data_path or cfg.data, cfg.split_seed)
     model = build_model(cfg, len(data.label_names), data.train_images.shape[1:])

@@ -68,10 +68,13 @@ def batch_dict(rows: np.ndarray, labels: np.ndarray, name: str) -> dict:
             b"filenames": [f"{i}.png".encode() for i in range(len(labels))]}
 
 
-def write(folder, encoding: str = "py2", per_batch: int = 20, n_test: int = 30, seed: int = 0):
+def write(folder, encoding: str = "py2", per_batch: int = 20, n_test: int = 30, seed: int = 0,
+          learnable: bool = False):
     """Write folder/{data_batch_1..5, test_batch, batches.meta}; return the raw rows and labels.
 
-    Returns (train_rows uint8 [5*per_batch, 3072], train_labels, test_rows, test_labels).
+    Returns (train_rows uint8 [5*per_batch, 3072], train_labels, test_rows, test_labels).  The images
+    are noise, their labels unrelated to them, unless `learnable`: then an image of class k is noise
+    around colour k of a fixed table, which a tiny network learns in a few epochs.
     """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -80,6 +83,12 @@ def write(folder, encoding: str = "py2", per_batch: int = 20, n_test: int = 30, 
     rng.shuffle(train_labels)
     test_rows = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
     test_labels = np.arange(n_test) % 10
+    if learnable:
+        corners = [(r, g, b) for r in (40, 215) for g in (40, 215) for b in (40, 215)]
+        colours = np.array([*corners, (128, 128, 128), (215, 128, 40)])  # [class, channel], far apart
+        for rows, labels in ((train_rows, train_labels), (test_rows, test_labels)):
+            noise = rng.normal(0, 30, (len(rows), 3, 1024))
+            rows[:] = np.clip(colours[labels][:, :, None] + noise, 0, 255).reshape(len(rows), 3072)
     for i, name in enumerate(TRAIN_FILES):
         s = slice(i * per_batch, (i + 1) * per_batch)
         (folder / name).write_bytes(dumps(batch_dict(train_rows[s], train_labels[s], name), encoding))

@@ -1,0 +1,288 @@
+"""`python -m lowlevel.export`: a trained run as the files people deploy, SavedModel and LiteRT.
+
+    python -m lowlevel.export --checkpoint checkpoints/RUN [--best] [--format all] [--out DIR]
+
+writes into DIR (default checkpoints/RUN/export/):
+
+  savedmodel/           a TensorFlow SavedModel; signature `serving_default`:
+                        images uint8 [B, H, W, C] -> probabilities float32 [B, K], classes int64 [B]
+  float32.tflite        LiteRT (TFLite) flatbuffer, float32, the same signature
+  dynamic.tflite        dynamic-range quantization: int8 weights, float32 activations
+  int8.tflite           full integer: int8 weights (per output channel) and activations, calibrated on
+                        --calibration training images; uint8 input = the raw pixels (scale 1, zero
+                        point 0), so every format takes the same images
+  int8-per-tensor.tflite  (--format tflite-int8-per-tensor, not in `all`) the same with one scale per
+                        weight tensor: the naive quantization, for comparison
+  export.json           what was exported: run, checkpoint, network, data set, label names
+
+Every format computes  softmax(net.inference((x / 255 - mean) / std))  with the run's own
+normalization statistics and each batch norm folded into its convolution (W' = W gamma / sigma,
+b' = beta - mu gamma / sigma), in float32 whatever precision the run trained in.  Serve the
+SavedModel without lowlevel:
+
+    saved_model_cli show --dir checkpoints/RUN/export/savedmodel --all
+    python -c "import tensorflow as tf; m = tf.saved_model.load('.../savedmodel'); \\
+               print(m.signatures['serving_default'](images=tf.zeros([1, 32, 32, 3], tf.uint8)))"
+
+`python -m lowlevel.evaluate --model PATH` measures any of them on the test images.  Each file is
+written whole or not at all: a failed conversion leaves no file behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lowlevel import runs
+from lowlevel.config import Parser
+
+# format -> file or folder name in the export folder
+FILES = {"savedmodel": "savedmodel", "tflite-float": "float32.tflite", "tflite-dynamic": "dynamic.tflite",
+         "tflite-int8": "int8.tflite", "tflite-int8-per-tensor": "int8-per-tensor.tflite"}
+ALL = ("savedmodel", "tflite-float", "tflite-dynamic", "tflite-int8")
+CALIBRATION_SEED = 0
+
+
+def parser() -> Parser:
+    p = Parser(prog="python -m lowlevel.export", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a run folder, or one checkpoint prefix (.../ckpt-N)")
+    p.add_argument("--best", action="store_true", help="with a run folder: its best checkpoint, not the latest")
+    p.add_argument("--format", default="all", choices=["all", *FILES], help="what to write (default all: "
+                                                                            + ", ".join(ALL) + ")")
+    p.add_argument("--out", default="", help="the folder to write into (default: the run's export/)")
+    p.add_argument("--calibration", type=int, default=0,
+                   help="training images the int8 ranges are calibrated on, drawn with seed 0 (default 500, or "
+                        "all of them if there are fewer)")
+    p.add_argument("--data", default="", help="the data set's folder (default: the run's --data)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    formats = ALL if args.format == "all" else (args.format,)
+    return runs.as_command("python -m lowlevel.export", lambda: export(
+        args.checkpoint, formats, args.out, args.best, args.calibration, args.data))
+
+
+# ---------------------------------------------------------------- the deployed function
+
+def deployed(model, normalization):
+    """A tf.Module serving `model`: `serve` (uint8 images, the SavedModel's signature) and `pixels`
+    (the same from float32 pixel values, which the int8 converter needs to quantize the input itself)."""
+    from lowlevel._tf import tf
+
+    shape = list(model.input_shape)
+
+    def outputs(images):
+        """images [B, H, W, C], pixel values 0..255 -> probabilities float32 [B, K], classes int64 [B]."""
+        logits = model.inference(normalization(images))  # normalization casts to float32
+        return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, -1)}
+
+    module = tf.Module(name="deployed")
+    module.model, module.normalization = model, normalization
+    module.serve = tf.function(outputs, input_signature=[tf.TensorSpec([None, *shape], tf.uint8, name="images")])
+    module.pixels = tf.function(outputs, input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="images")])
+    return module
+
+
+def to_tflite(module, fmt: str, calibration: np.ndarray | None = None) -> bytes:
+    """The LiteRT flatbuffer of `module` in format fmt (tflite-float, -dynamic, -int8, -int8-per-tensor).
+
+    int8: every weight and activation int8, ranges calibrated by running `calibration` (uint8
+    [N, H, W, C]) through the float model; per-channel weight scales unless -per-tensor.  The input
+    is uint8 holding the raw pixels: the converter quantizes the float pixels' range 0..255 with
+    scale 1 and zero point 0 (checked), so no cast or rescale is left in the graph.
+    """
+    from lowlevel._tf import tf
+
+    integer = fmt.startswith("tflite-int8")
+    fn = (module.pixels if integer else module.serve).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], module)
+    if fmt != "tflite-float":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # alone: dynamic-range
+    if integer:
+        converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        # the converter's own switch (private, as of TF 2.21), for the classifier too
+        converter._experimental_disable_per_channel = fmt.endswith("per-tensor")
+    flatbuffer = converter.convert()
+    if integer:
+        scale, zero = interpreter(flatbuffer).get_input_details()[0]["quantization"]
+        if (scale, zero) != (1.0, 0):
+            raise runs.RunError(f"the calibration images' pixels do not reach 255 (the int8 input would be scaled "
+                                f"by {scale:.4g}, zero point {zero}); calibrate on more images with --calibration.")
+    return flatbuffer
+
+
+def calibration_images(train_images: np.ndarray, n: int = 0) -> np.ndarray:
+    """n training images (0: 500, or all if fewer) drawn without replacement with seed CALIBRATION_SEED,
+    in index order."""
+    n = n or min(500, len(train_images))
+    if not 1 <= n <= len(train_images):
+        raise runs.ConfigError(f"--calibration must be between 1 and {len(train_images)} (the training images), "
+                               f"not {n}.")
+    return train_images[np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(train_images), n, False))]
+
+
+# ---------------------------------------------------------------- writing
+
+def export(checkpoint: str, formats=ALL, out: str = "", best: bool = False, calibration: int = 0,
+           data_path: str = "") -> Path:
+    """Write `formats` of the run's checkpoint into `out`; returns the folder."""
+    loaded = runs.load(checkpoint, best, data_path, precision="float32")
+    if loaded.note:
+        print(loaded.note)
+    folder = Path(out) if out else loaded.run / "export"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise runs.WriteError(folder, e) from None
+    module = deployed(loaded.model, loaded.normalization)
+    images = None
+    if any(f.startswith("tflite-int8") for f in formats):
+        images = calibration_images(loaded.data.train_images, calibration)
+    for fmt in formats:
+        path = folder / FILES[fmt]
+        if fmt == "savedmodel":
+            save_savedmodel(module, path)
+        else:
+            try:
+                flatbuffer = to_tflite(module, fmt, images)
+            except runs.RunError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the converter raises many kinds; none leaves a file
+                raise runs.RunError(f"{path}: could not be converted ({runs.first_line(e)}); nothing was "
+                                    f"written.") from None
+            runs.atomic_write(path, lambda tmp: tmp.write_bytes(flatbuffer))
+        print(f"wrote {path} ({size(path) / 1e6:.2f} MB)")
+    write_manifest(folder, loaded, formats, len(images) if images is not None else 0)
+    print(f"evaluate with: python -m lowlevel.evaluate --model {folder / FILES[formats[-1]]}")
+    return folder
+
+
+def save_savedmodel(module, path: Path) -> None:
+    """tf.saved_model.save into a temporary folder beside `path`, then swap it in: a failure at any step
+    leaves the previous export (or none) in place, whole, and no temporary folder."""
+    from lowlevel._tf import tf
+
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        if path.exists():
+            path.rename(old)
+        try:
+            tmp.rename(path)
+        except OSError:
+            if old.exists():
+                old.rename(path)  # put the previous export back
+            raise
+    except (OSError, tf.errors.OpError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise runs.WriteError(path, e) from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_manifest(folder: Path, loaded, formats, calibration: int) -> None:
+    """export.json: what `evaluate --model` needs to find the test images, and where the files came from;
+    formats exported earlier into the same folder stay listed."""
+    manifest = read_manifest(folder) or {}
+    cfg = loaded.config
+    mean, std = loaded.normalization.values()
+    manifest.update(run=str(loaded.run), checkpoint=str(loaded.prefix), model=cfg.model, alpha=cfg.alpha,
+                    dataset=cfg.dataset, data=cfg.data, split_seed=cfg.split_seed,
+                    input_shape=list(loaded.model.input_shape), label_names=list(loaded.data.label_names),
+                    normalization={"mean": mean, "std": std})
+    manifest.setdefault("files", {}).update({f: FILES[f] for f in formats})
+    if calibration:
+        manifest.update(calibration_images=calibration, calibration_seed=CALIBRATION_SEED)
+    runs.write_text(folder / "export.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The export.json of an export folder, or None if there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(folder) / "export.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# ---------------------------------------------------------------- running an exported model
+
+def interpreter(model, threads: int | None = None):
+    """A LiteRT interpreter for a flatbuffer (bytes) or a .tflite path: ai-edge-litert's if installed,
+    else TensorFlow's deprecated tf.lite.Interpreter."""
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import warnings
+
+        from lowlevel._tf import tf
+        with warnings.catch_warnings():  # its deprecation warning: litert_notice() says it in one line
+            warnings.simplefilter("ignore")
+            return tf.lite.Interpreter(**source, num_threads=threads)
+    return Interpreter(**source, num_threads=threads)
+
+
+def litert_notice() -> str:
+    """A one-line notice when ai-edge-litert is missing, else ''."""
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+        return ""
+    except ImportError:
+        return ('note: ai-edge-litert is not installed (pip install -e ".[export]"); using tf.lite.Interpreter, '
+                'which TensorFlow deprecates in its favour.')
+
+
+class Exported:
+    """An exported model, opened: `predict(images uint8 [B, H, W, C]) -> probabilities float32 [B, K]`.
+
+    path: a SavedModel folder or a .tflite file; threads: the LiteRT interpreter's (a SavedModel uses
+    TensorFlow's, set for the process).  A file that is neither is a RunError.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        if (self.path / "saved_model.pb").is_file():
+            from lowlevel._tf import tf
+            try:
+                self._fn = tf.saved_model.load(str(self.path)).signatures["serving_default"]
+            except (KeyError, ValueError, OSError, tf.errors.OpError) as e:
+                raise runs.RunError(f"{self.path}: is not a SavedModel with a serving_default signature "
+                                    f"({runs.first_line(e)}); export it again with python -m lowlevel.export.") from None
+            spec = self._fn.structured_input_signature[1]["images"]
+            self.kind, self.input_shape = "savedmodel", tuple(spec.shape[1:])
+        elif self.path.suffix == ".tflite" and self.path.is_file():
+            try:
+                self._runner = interpreter(self.path, threads).get_signature_runner("serving_default")
+                detail = self._runner.get_input_details()["images"]
+            except (ValueError, RuntimeError, KeyError) as e:
+                raise runs.RunError(f"{self.path}: is not a LiteRT model with a serving_default signature taking "
+                                    f"images ({runs.first_line(e)}); export it again with "
+                                    f"python -m lowlevel.export.") from None
+            self.kind, self.input_shape = "tflite", tuple(int(d) for d in detail["shape_signature"][1:])
+        else:
+            raise runs.RunError(f"{self.path}: is neither a SavedModel folder (no saved_model.pb) nor a .tflite "
+                                f"file; give a file that python -m lowlevel.export wrote.")
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, C] -> probabilities float32 [B, K]."""
+        if self.kind == "savedmodel":
+            return self._fn(images=images)["probabilities"].numpy()
+        return self._runner(images=images)["probabilities"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
