@@ -15,6 +15,10 @@ Measured in one run, on the same machine, on random data of CIFAR's shape:
     multiply-add, backward about twice forward), giving the fraction of the
     limit the training step reaches.
 
+`--exported checkpoints/RUN/export` instead times the files `python -m lowlevel.export` wrote:
+batch-1 latency (median of `--runs` calls) and batch-128 images/s, with 1 and 2 threads,
+each file and thread count in a fresh process.
+
 Each figure is timed after warm-up calls, around whole calls that end in a
 value read back to Python (a synchronization), best of `--repeats`.  The last
 line printed is one JSON object for scripts.  This module imports Keras; the
@@ -25,6 +29,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -277,6 +282,55 @@ def profile_by_op(batch: int, alpha: float, steps: int,
     return [(op, us / steps / 1000) for op, us in totals.most_common()], wall_ms
 
 
+def exported_speed(path: str, threads: int, runs: int = 200, warmup: int = 20, batch: int = 128,
+                   repeats: int = 3) -> dict:
+    """One exported model's speed with `threads` threads, on random uint8 images of its input shape:
+    batch-1 latency, the median of `runs` timed calls after `warmup` untimed ones, and batch-`batch`
+    images/s, the best of `repeats` calls.  For a SavedModel, TensorFlow's thread pools are set here,
+    so this must run before TensorFlow's first op in the process (`exported_table` gives each its own)."""
+    from lowlevel import export
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    model = export.Exported(path, threads)
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 256, [1, *model.input_shape], dtype=np.uint8)
+    many = rng.integers(0, 256, [batch, *model.input_shape], dtype=np.uint8)
+    for _ in range(warmup):
+        model.predict(one)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.predict(one)
+        times.append(time.perf_counter() - start)
+    model.predict(many)
+    return {"file": str(path), "bytes": export.size(path), "threads": threads,
+            "latency_ms": round(1000 * float(np.median(times)), 3),
+            "images_per_s": round(batch / best_time(lambda: model.predict(many), repeats), 1)}
+
+
+def exported_table(folder: str, threads: list[int], calls: int = 200) -> list[dict]:
+    """exported_speed of every file export.json lists in `folder`, at each thread count, each in a new
+    process (thread pools are fixed once TensorFlow starts, and no measurement warms another's caches)."""
+    import subprocess
+
+    from lowlevel import export, runs
+
+    manifest = export.read_manifest(folder)
+    if manifest is None:
+        raise runs.RunError(f"{folder}: has no readable export.json; give a folder python -m lowlevel.export wrote.")
+    rows = []
+    for fmt, name in manifest["files"].items():
+        for n in threads:
+            out = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--exported", str(Path(folder) / name),
+                                  "--threads", str(n), "--runs", str(calls)], capture_output=True, text=True)
+            if out.returncode != 0:
+                last = out.stderr.strip().splitlines()[-1:] or [f"exit status {out.returncode}"]
+                raise runs.RunError(f"{Path(folder) / name}: could not be timed ({last[0].removeprefix('error: ')})")
+            rows.append({"format": fmt, **json.loads(out.stdout.strip().splitlines()[-1])})
+    return rows
+
+
 def parser() -> Parser:
     ap = Parser(prog="python -m lowlevel.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
@@ -289,6 +343,10 @@ def parser() -> Parser:
     ap.add_argument("--profile", action="store_true", help="instead: milliseconds per training step by op type")
     ap.add_argument("--summaries", action="store_true", help="instead: training images/s with TensorBoard "
                                                              "summaries off and on, as lowlevel.train writes them")
+    ap.add_argument("--exported", default="", help="instead: the latency and images/s of the models "
+                                                   "python -m lowlevel.export wrote (its folder, or one file)")
+    ap.add_argument("--threads", default="1,2", help="with --exported: thread counts to measure (default 1,2)")
+    ap.add_argument("--runs", type=int, default=200, help="with --exported: timed batch-1 calls (default 200)")
     return ap
 
 
@@ -299,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.batch_size, args.steps, args.repeats) < 1 or not args.alpha > 0:
         print("error: --batch-size, --steps and --repeats must be at least 1 and --alpha above 0.", file=sys.stderr)
         return 2
+
+    if args.exported:
+        return exported(args)
 
     if args.profile:
         table, wall_ms = profile_by_op(args.batch_size, args.alpha, args.repeats, args.precision)
@@ -354,6 +415,42 @@ def main(argv: list[str] | None = None) -> int:
     if peak16:
         print(f"{args.precision} matmul peak {peak16:.1f} GFLOP/s; lowlevel reaches "
               f"{100 * flops * ours[0] / (peak16 * 1e9):.1f}% of it")
+    print(json.dumps(result))
+    return 0
+
+
+def exported(args) -> int:
+    """--exported: one file at one thread count (a JSON line), or a folder's table."""
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        threads = [0]
+    if min(threads) < 1 or args.runs < 1:
+        print(f"error: --threads must be positive whole numbers such as 1,2 and --runs at least 1, not "
+              f"{args.threads!r} and {args.runs}.", file=sys.stderr)
+        return 2
+    from lowlevel import runs
+
+    folder = Path(args.exported)
+    if (folder / "export.json").is_file():
+        try:
+            rows = exported_table(args.exported, threads, args.runs)
+        except runs.RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.exported}: batch-1 latency (median of {args.runs} calls after 20) and batch-128 images/s "
+              f"(best of 3), on random images")
+        print(f"{'format':<24s} {'MB':>7s} {'threads':>7s} {'latency ms':>10s} {'images/s':>9s}")
+        for r in rows:
+            print(f"{r['format']:<24s} {r['bytes'] / 1e6:7.2f} {r['threads']:7d} {r['latency_ms']:10.3f} "
+                  f"{r['images_per_s']:9.1f}")
+        print(json.dumps(rows))
+        return 0
+    try:
+        result = exported_speed(args.exported, threads[0], args.runs, repeats=args.repeats)
+    except runs.RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(result))
     return 0
 

@@ -55,5 +55,5 @@ def test_every_command_parses_with_its_flags(doc):
 
 def test_the_readme_names_every_command_module():
     text = README.read_text()
-    for module in ("data", "train", "evaluate", "summary", "plots", "bench", "inspect", "compare"):
+    for module in ("data", "train", "evaluate", "summary", "plots", "bench", "inspect", "compare", "export"):
         assert f"python -m lowlevel.{module}" in text, module
