@@ -119,6 +119,23 @@ class BatchNorm(tf.Module):
     the formula out.  The moving-average update is the code below in both.
     x, y: [B, H, W, C] (or [B, C] for the unfused form); gamma, beta,
     moving_mean, moving_variance: [C].
+
+    Cross-replica ("sync") batch norm, under a tf.distribute strategy with R > 1
+    replicas in training (unless `sync` is set False): replica r holds x_r, its slice of the
+    global batch, with n_r values per channel.  Each computes per channel
+
+        n_r,   S_r = sum(x_r),   Q_r = sum(x_r^2)
+
+    and one all-reduce (`get_replica_context().all_reduce`, which also carries the
+    gradients back) gives N = sum_r n_r, S = sum_r S_r, Q = sum_r Q_r, whence the global batch's
+
+        mu = S / N,   var = Q / N - mu^2
+
+    used to normalize and to update the moving statistics, identically on every replica:
+    the layer computes what one device computes on the whole batch, to float32 rounding
+    (var = Q/N - mu^2 loses digits when |mu| >> sigma; here mu is at most a few sigma).
+    The normalization is then the elementwise form: the fused kernel computes its own,
+    local statistics, and its gradient would not flow through the all-reduce.
     """
 
     def __init__(self, channels: int, momentum: float = 0.99, epsilon: float = 1e-3, fused: bool = True,
@@ -127,22 +144,41 @@ class BatchNorm(tf.Module):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"BatchNorm momentum must be in [0, 1), not {momentum}.")
         self.channels, self.momentum, self.epsilon, self.fused = channels, momentum, epsilon, fused
+        self.sync = True  # across replicas, when there are several (see above)
         with self.name_scope:
             self.gamma = tf.Variable(tf.ones([channels]), name="gamma")
             self.beta = tf.Variable(tf.zeros([channels]), name="beta")
-            self.moving_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="moving_mean")
-            self.moving_variance = tf.Variable(tf.ones([channels]), trainable=False, name="moving_variance")
+            # under a tf.distribute strategy every replica computes the same update (sync batch norm), so the
+            # first replica's is kept; without sync, replica 0's statistics stand for all
+            first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+            self.moving_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="moving_mean", aggregation=first)
+            self.moving_variance = tf.Variable(tf.ones([channels]), trainable=False, name="moving_variance",
+                                               aggregation=first)
 
     def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         if not training:
             return self._normalize(x, self.moving_mean, self.moving_variance)
-        if self.fused and x.shape.rank == 4:
+        replicas = tf.distribute.get_replica_context()
+        if self.sync and replicas is not None and replicas.num_replicas_in_sync > 1:
+            mean, variance = self._global_moments(x, replicas)
+            y = self._normalize(x, mean, variance)
+        elif self.fused and x.shape.rank == 4:
             y, mean, variance = self._fused_training(x)
         else:
             mean, variance = tf.nn.moments(tf.cast(x, tf.float32), axes=list(range(x.shape.rank - 1)))  # [C]
             y = self._normalize(x, mean, variance)
         self._update_moving_statistics(tf.stop_gradient(mean), tf.stop_gradient(variance))
         return y
+
+    def _global_moments(self, x, replicas) -> tuple[tf.Tensor, tf.Tensor]:
+        """(mu, var) [C] of the global batch from every replica's n_r, S_r, Q_r, one all-reduce."""
+        x = tf.cast(x, tf.float32)
+        axes = list(range(x.shape.rank - 1))
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        n, s, q = replicas.all_reduce(tf.distribute.ReduceOp.SUM,
+                                      [n, tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes)])
+        mean = s / n
+        return mean, tf.maximum(q / n - tf.square(mean), 0.0)
 
     def _normalize(self, x, mean, variance):
         """gamma * (x - mean) / sqrt(variance + eps) + beta, as one multiply and one add per element."""
