@@ -85,6 +85,8 @@ class Config:
     max_steps: int = _f(0, "stop, saving a checkpoint, once the run has done this many steps in all (0: no "
                            "limit); a limit of this command only, not saved with the run")
     progress: str = _f("auto", "a progress bar within each epoch: auto (when stderr is a terminal), bar or none")
+    strategy: str = _f("default", "default (one device) or mirrored (every visible GPU: tf.distribute."
+                                  "MirroredStrategy); --batch-size stays the global batch, split among the replicas")
     tensorboard: bool = _f(True, "write TensorBoard event files into the run's tensorboard/ folder "
                                  "(view them with: tensorboard --logdir checkpoints)")
 
@@ -94,7 +96,7 @@ class Config:
     # Saved with the run, but a --resume may change them: they do not change what is computed.
     ADJUSTABLE = ("data", "steps_per_call", "tensorboard")
     # Choices of one command, not of the run: never written to config.json nor read from it.
-    INVOCATION = ("checkpoint_dir", "run_name", "resume", "from_checkpoint", "max_steps", "progress")
+    INVOCATION = ("checkpoint_dir", "run_name", "resume", "from_checkpoint", "max_steps", "progress", "strategy")
 
     def check(self) -> "Config":
         """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`)."""
@@ -109,12 +111,16 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} must be greater than 0, not {value}.")
         choices = {"model": tuple(NETS), "dataset": ("", *DATASETS), "optimizer": ("sgd", "adam"),
                    "schedule": ("cosine", "step"),
-                   "precision": ("float32", "bfloat16", "float16"), "progress": ("auto", "bar", "none")}
+                   "precision": ("float32", "bfloat16", "float16"), "progress": ("auto", "bar", "none"),
+                   "strategy": ("default", "mirrored")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 allowed = [a for a in allowed if a]
                 raise ConfigError(f"--{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
                                   f"not {getattr(self, name)!r}.")
+        if self.strategy != "default" and self.precision == "float16":
+            raise ConfigError(f"--precision float16 (its loss scaling) is written for one device, not for --strategy "
+                              f"{self.strategy}; use float32 or bfloat16.")
         for name in ("label_smoothing", "dropout", "momentum", "bn_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{_flag(name)} must be in [0, 1), not {getattr(self, name)}.")

@@ -110,8 +110,9 @@ class SGD(_Optimizer):
         for w, g, b, decay in zip(variables, grads, self.velocity, self.decay_mask, strict=True):
             if decay and self.weight_decay:
                 g = g + self.weight_decay * w
-            b.assign(self.momentum * b + g)
-            w.assign_sub(lr * (g + self.momentum * b if self.nesterov else b))
+            b_new = self.momentum * b + g  # used as a value, not read back from b: under tf.distribute a read
+            b.assign(b_new)                 # after an assign in a replica is not ordered after it
+            w.assign_sub(lr * (g + self.momentum * b_new if self.nesterov else b_new))
         self.iterations.assign_add(1)
         return lr
 
@@ -147,9 +148,11 @@ class Adam(_Optimizer):
         for w, g, m, v, decay in zip(variables, grads, self.m, self.v, self.decay_mask, strict=True):
             if decay and self.weight_decay:
                 w.assign_sub(lr * self.weight_decay * w)
-            m.assign(self.beta_1 * m + (1.0 - self.beta_1) * g)
-            v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(g))
-            w.assign_sub(step_size * m / (tf.sqrt(v) + self.epsilon))
+            m_new = self.beta_1 * m + (1.0 - self.beta_1) * g  # values, not read back (see SGD.apply)
+            v_new = self.beta_2 * v + (1.0 - self.beta_2) * tf.square(g)
+            m.assign(m_new)
+            v.assign(v_new)
+            w.assign_sub(step_size * m_new / (tf.sqrt(v_new) + self.epsilon))
         self.iterations.assign_add(1)
         return lr
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from lowlevel._tf import tf
 
-from lowlevel import datasets, optim, pipeline, runs
+from lowlevel import datasets, distribute, optim, pipeline, runs
 from lowlevel.events import Events
 from lowlevel.config import Config, ConfigError
 from lowlevel.runs import RunError, WriteError
@@ -61,9 +61,18 @@ def cross_entropy(logits, labels, smoothing: float = 0.0) -> tf.Tensor:
 class Trainer(tf.Module):
     """The model, its optimizer and the compiled steps, plus what a checkpoint must hold."""
 
-    def __init__(self, cfg: Config, train: pipeline.Batches, num_classes: int = 10):
+    def __init__(self, cfg: Config, train: pipeline.Batches, num_classes: int = 10, strategy=None):
         super().__init__(name="trainer")
         self.cfg, self.train = cfg, train
+        self.strategy = strategy or tf.distribute.get_strategy()  # TensorFlow's default: one device
+        self.replicas = distribute.replicas(self.strategy)
+        if self.replicas > 1:  # every variable, one copy per replica (lowlevel/distribute.py)
+            with distribute.scope(self.strategy):
+                self._build(cfg, train, num_classes)
+        else:
+            self._build(cfg, train, num_classes)
+
+    def _build(self, cfg: Config, train: pipeline.Batches, num_classes: int) -> None:
         tf.random.set_seed(cfg.seed)  # the initial weights
         self.model = runs.build_model(cfg, num_classes, input_shape=train.images.shape[1:])
         spe = train.steps_per_epoch
@@ -100,6 +109,27 @@ class Trainer(tf.Module):
                                    best_val_accuracy=self.best_val_accuracy, elapsed=self.elapsed, seed=self.seed,
                                    **extra)
 
+    def _replica_step(self, order, step) -> tf.Tensor:
+        """One training step on one replica, in strategy.run (see lowlevel/distribute.py): its slice of
+        the global batch, the global mean loss's gradients all-reduced, the same update everywhere."""
+        x, y = distribute.local_slice(*self.train.train_batch(order, step))  # [B/R, H, W, C], [B/R]
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        key = tf.random.experimental.stateless_fold_in(pipeline.dropout_key(self.cfg.seed, step), replica)
+        params = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(x, training=True, seed=key)  # [B/R, K]
+            loss = cross_entropy(logits, y, self.cfg.label_smoothing)  # the slice's mean
+            share = loss / self.replicas  # sum over replicas: the global batch's mean
+        grads = distribute.all_reduce_sum(tape.gradient(share, params))
+        lr = self.optimizer.apply(grads, params)
+        b = tf.cast(tf.shape(y)[0], tf.float64)
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, tf.int32) == y, tf.float64))
+        loss_sum, correct, seen = distribute.all_reduce_sum([tf.cast(loss, tf.float64) * b, correct, b])  # one dtype
+        self.epoch_loss.assign_add(loss_sum)
+        self.epoch_correct.assign_add(tf.cast(correct, tf.int64))  # whole numbers, exact in float64
+        self.epoch_seen.assign_add(tf.cast(seen, tf.int64))
+        return lr
+
     @tf.function
     def all_finite(self) -> tf.Tensor:
         """Whether every floating-point variable (weights, moving statistics, optimizer slots) is finite."""
@@ -120,6 +150,13 @@ class Trainer(tf.Module):
     def train_steps(self, order, n) -> tf.Tensor:
         """n training steps on the epoch whose image order is `order`; returns the last learning rate."""
         lr = tf.constant(0.0)
+        if self.replicas > 1:
+            start = self.optimizer.iterations.read_value()
+            for i in tf.range(n):
+                step = start + tf.cast(i, tf.int64)  # not re-read: the update is applied across replicas
+                lr = self.strategy.experimental_local_results(
+                    self.strategy.run(self._replica_step, args=(order, step)))[0]
+            return lr
         for _ in tf.range(n):
             step = self.optimizer.iterations
             x, y = self.train.train_batch(order, step)  # [B, H, W, C] float32, [B] int32
@@ -313,7 +350,12 @@ class Loop:
         self.train = pipeline.Batches(train_x, train_y, norm, cfg.batch_size, cfg.seed, augment=cfg.augment,
                                       cutout=cfg.cutout)
         self.cfg, self.run, self.data = cfg, run, data
-        self.trainer = Trainer(cfg, self.train, num_classes=len(data.label_names))
+        strategy = distribute.strategy(cfg.strategy)
+        if cfg.batch_size % distribute.replicas(strategy):
+            raise ConfigError(f"--batch-size {cfg.batch_size} does not divide among the {distribute.replicas(strategy)} "
+                              f"replicas of --strategy {cfg.strategy}; give a multiple of "
+                              f"{distribute.replicas(strategy)}.")
+        self.trainer = Trainer(cfg, self.train, num_classes=len(data.label_names), strategy=strategy)
         if cfg.resume:
             self.restore()
         ckpt = self.trainer.checkpoint()

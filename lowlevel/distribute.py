@@ -1,0 +1,72 @@
+"""Training on several devices with tf.distribute: the same hand-written step, run on every replica.
+
+    python -m lowlevel.train --strategy mirrored ...     # every visible GPU (or the logical devices a test makes)
+
+TensorFlow's `MirroredStrategy` keeps a copy of every variable on each device and
+runs the step once per device ("replica").  lowlevel's step under it:
+
+  1. every replica draws the global batch B exactly as one device would (same
+     order, same augmentation keys), and keeps its slice: replica r of R takes
+     images [r B/R, (r+1) B/R);
+  2. forward and backward on that slice; each batch norm computes the global
+     batch's statistics across replicas (layers.BatchNorm, "sync batch norm");
+  3. the loss is the slice's mean divided by R, so the all-reduced (summed)
+     gradients are the gradients of the global batch's mean loss;
+  4. every replica applies the same hand-written optimizer update to the same
+     all-reduced gradients, so the copies stay equal.  Each variable is created
+     with aggregation ONLY_FIRST_REPLICA, which tells TensorFlow that an update made
+     on every replica is one update: the first replica's copy is written to all.
+
+A run's result then depends on the number of replicas only through float32
+reduction order, and its checkpoints (one value per variable) restore on any
+number of devices.  The default strategy (`--strategy default`) is TensorFlow's
+no-op one: today's single-device step, unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from lowlevel._tf import tf
+
+STRATEGIES = ("default", "mirrored")
+
+
+def strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy `name` (one of STRATEGIES)."""
+    if name == "mirrored":  # every GPU; without one, every logical CPU device (one, unless a test made more)
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # on CPUs, sums as ordinary ops on one device: the default collective ops were paired in different
+        # orders by the two replicas inside one step (a [58962] gradient all-reduce met a [9] batch-norm one)
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return tf.distribute.get_strategy()
+
+
+@contextlib.contextmanager
+def scope(strategy: tf.distribute.Strategy):
+    """Create variables for `strategy`: under its scope, each one ONLY_FIRST_REPLICA (see above)."""
+    def creator(next_creator, **kwargs):
+        kwargs["aggregation"] = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        return next_creator(**kwargs)
+
+    with strategy.scope(), tf.variable_creator_scope(creator):
+        yield
+
+
+def replicas(strategy: tf.distribute.Strategy) -> int:
+    return strategy.num_replicas_in_sync
+
+
+def local_slice(*tensors):
+    """This replica's slice [r B/R, (r+1) B/R) of each [B, ...] tensor (inside strategy.run)."""
+    ctx = tf.distribute.get_replica_context()
+    r, n = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+    b = tf.shape(tensors[0])[0] // n
+    return tuple(t[r * b:(r + 1) * b] for t in tensors)
+
+
+def all_reduce_sum(values):
+    """The sum over replicas of each value (a list), inside strategy.run."""
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
