@@ -85,8 +85,10 @@ class Config:
     max_steps: int = _f(0, "stop, saving a checkpoint, once the run has done this many steps in all (0: no "
                            "limit); a limit of this command only, not saved with the run")
     progress: str = _f("auto", "a progress bar within each epoch: auto (when stderr is a terminal), bar or none")
-    strategy: str = _f("default", "default (one device) or mirrored (every visible GPU: tf.distribute."
-                                  "MirroredStrategy); --batch-size stays the global batch, split among the replicas")
+    strategy: str = _f("default", "default (one device), mirrored (every visible GPU: tf.distribute."
+                                  "MirroredStrategy) or multi-worker (several machines named by TF_CONFIG: "
+                                  "MultiWorkerMirroredStrategy); --batch-size stays the global batch, split among "
+                                  "the replicas")
     tensorboard: bool = _f(True, "write TensorBoard event files into the run's tensorboard/ folder "
                                  "(view them with: tensorboard --logdir checkpoints)")
 
@@ -112,12 +114,15 @@ class Config:
         choices = {"model": tuple(NETS), "dataset": ("", *DATASETS), "optimizer": ("sgd", "adam"),
                    "schedule": ("cosine", "step"),
                    "precision": ("float32", "bfloat16", "float16"), "progress": ("auto", "bar", "none"),
-                   "strategy": ("default", "mirrored")}
+                   "strategy": ("default", "mirrored", "multi-worker")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 allowed = [a for a in allowed if a]
                 raise ConfigError(f"--{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
                                   f"not {getattr(self, name)!r}.")
+        if self.strategy == "multi-worker" and not self.run_name:
+            raise ConfigError("--strategy multi-worker needs --run-name, the same on every worker, so that all "
+                              "of them train the same run.")
         if self.strategy != "default" and self.precision == "float16":
             raise ConfigError(f"--precision float16 (its loss scaling) is written for one device, not for --strategy "
                               f"{self.strategy}; use float32 or bfloat16.")

@@ -1,6 +1,7 @@
 """Training on several devices with tf.distribute: the same hand-written step, run on every replica.
 
     python -m lowlevel.train --strategy mirrored ...     # every visible GPU (or the logical devices a test makes)
+    TF_CONFIG='{...}' python -m lowlevel.train --strategy multi-worker ...   # on each machine: see the README
 
 TensorFlow's `MirroredStrategy` keeps a copy of every variable on each device and
 runs the step once per device ("replica").  lowlevel's step under it:
@@ -17,6 +18,13 @@ runs the step once per device ("replica").  lowlevel's step under it:
      with aggregation ONLY_FIRST_REPLICA, which tells TensorFlow that an update made
      on every replica is one update: the first replica's copy is written to all.
 
+`--strategy multi-worker` is TensorFlow's `MultiWorkerMirroredStrategy`: the same
+step, with replicas in several processes (one per machine, each with its GPUs or
+its CPU), named by the TF_CONFIG environment variable, and the all-reduces done
+over the network.  Every worker trains; only the chief (worker 0) writes the run
+folder.  The others write their checkpoints into a temporary folder they delete,
+as TensorFlow's guide does, since saving may itself need every worker.
+
 A run's result then depends on the number of replicas only through float32
 reduction order, and its checkpoints (one value per variable) restore on any
 number of devices.  The default strategy (`--strategy default`) is TensorFlow's
@@ -25,10 +33,39 @@ no-op one: today's single-device step, unchanged.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 
 from lowlevel._tf import tf
+from lowlevel.config import ConfigError
 
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi-worker")
+PEER_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+             tf.errors.CancelledError)  # what a collective raises when another worker has gone
+
+
+def cluster() -> dict:
+    """TF_CONFIG, checked: {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}
+    (a "chief" job of one address may come first, as TensorFlow allows)."""
+    text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        raise ConfigError("--strategy multi-worker needs the TF_CONFIG environment variable, the JSON that lists "
+                          "every worker's host:port and says which one this is (see the README); set it for each "
+                          "worker's command.")
+    try:
+        config = json.loads(text)
+        jobs, task = config["cluster"], config["task"]
+        addresses = jobs[task["type"]]
+        ok = (isinstance(addresses, list) and 0 <= int(task["index"]) < len(addresses)
+              and set(jobs) <= {"chief", "worker"} and all(isinstance(a, str) and ":" in a
+                                                             for job in jobs.values() for a in job))
+    except (ValueError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"TF_CONFIG={text!r} is not a cluster: give JSON such as {{\"cluster\": {{\"worker\": "
+                          f"[\"host1:12345\", \"host2:12345\"]}}, \"task\": {{\"type\": \"worker\", "
+                          f"\"index\": 0}}}}, with this worker's index.")
+    return config
 
 
 def strategy(name: str) -> tf.distribute.Strategy:
@@ -41,7 +78,15 @@ def strategy(name: str) -> tf.distribute.Strategy:
         # orders by the two replicas inside one step (a [58962] gradient all-reduce met a [9] batch-norm one)
         return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
                                               cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if name == "multi-worker":  # must come before anything else runs on TensorFlow: it starts this worker's server
+        cluster()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder: always, but for the workers of multi-worker after the first."""
+    return strategy.extended.should_checkpoint
 
 
 @contextlib.contextmanager

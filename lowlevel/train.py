@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -215,17 +216,19 @@ def find_run(cfg: Config) -> Path:
     return root / datetime.now().strftime("run-%Y%m%d-%H%M%S")
 
 
-def run_config(cfg: Config, explicit: set[str]) -> tuple[Config, Path]:
+def run_config(cfg: Config, explicit: set[str], chief: bool = True) -> tuple[Config, Path]:
     """The run's folder and config: this command's, or with --resume the saved one continued by it.
-    Reads only; nothing is created before the data and every setting have been checked."""
+    Reads only; nothing is created before the data and every setting have been checked.
+    (A multi-worker run's other workers read the folder the chief holds and writes.)"""
     run = find_run(cfg)
     saved = run / "config.json"
-    runs.refuse_if_locked(run)  # the first thing to say if another process is training it
+    if chief:
+        runs.refuse_if_locked(run)  # the first thing to say if another process is training it
     if cfg.resume:
         if not saved.is_file():
             raise RunError(f"{run}: is not a run folder (no config.json); check --run-name and --checkpoint-dir.")
         cfg = Config.from_json(saved).resumed_with(cfg, explicit)
-    elif saved.exists():
+    elif saved.exists() and chief:
         raise RunError(f"{run}: already holds a run; add --resume to continue it, or choose another --run-name.")
     else:
         cfg = cfg.with_defaults(explicit)
@@ -340,9 +343,13 @@ class _Stop:
 
 
 class Loop:
-    """The epochs of one run: training calls, end-of-epoch bookkeeping, checkpoints."""
+    """The epochs of one run: training calls, end-of-epoch bookkeeping, checkpoints.
 
-    def __init__(self, cfg: Config, run: Path, data: datasets.Dataset):
+    It reads the run folder `run` and writes into `out`: the same folder, except on the workers of
+    a multi-worker run after the first, which write into a temporary one (lowlevel/distribute.py).
+    """
+
+    def __init__(self, cfg: Config, run: Path, data: datasets.Dataset, strategy=None, out: Path | None = None):
         train_x, train_y, val_x, val_y = pipeline.split_validation(data.train_images, data.train_labels,
                                                                    cfg.val_size)
         # the training images' statistics; a resumed run restores the ones it started with
@@ -350,7 +357,9 @@ class Loop:
         self.train = pipeline.Batches(train_x, train_y, norm, cfg.batch_size, cfg.seed, augment=cfg.augment,
                                       cutout=cfg.cutout)
         self.cfg, self.run, self.data = cfg, run, data
-        strategy = distribute.strategy(cfg.strategy)
+        self.out = out or run
+        self.chief = self.out == run
+        strategy = strategy or tf.distribute.get_strategy()
         if cfg.batch_size % distribute.replicas(strategy):
             raise ConfigError(f"--batch-size {cfg.batch_size} does not divide among the {distribute.replicas(strategy)} "
                               f"replicas of --strategy {cfg.strategy}; give a multiple of "
@@ -359,19 +368,19 @@ class Loop:
         if cfg.resume:
             self.restore()
         ckpt = self.trainer.checkpoint()
-        self.manager = tf.train.CheckpointManager(ckpt, run, max_to_keep=cfg.keep, checkpoint_name="ckpt")
-        self.best = tf.train.CheckpointManager(ckpt, run / "best", max_to_keep=1, checkpoint_name="ckpt")
+        self.manager = tf.train.CheckpointManager(ckpt, self.out, max_to_keep=cfg.keep, checkpoint_name="ckpt")
+        self.best = tf.train.CheckpointManager(ckpt, self.out / "best", max_to_keep=1, checkpoint_name="ckpt")
         self.spe = self.train.steps_per_epoch
         self.total = cfg.epochs * self.spe
         self.limit = min(self.total, cfg.max_steps) if cfg.max_steps else self.total
-        self.history_path = run / "history.csv"
-        self.history = read_history(self.history_path, self.trainer.step // self.spe)
+        self.history_path = self.out / "history.csv"
+        self.history = read_history(run / "history.csv", self.trainer.step // self.spe)
         write_history(self.history_path, self.history)
         val = pipeline.Batches(val_x, val_y, norm, 500)
         self.evaluate_val = evaluator(self.trainer.model, val) if len(val_x) else None
         self.bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
         self.clock = Clock()
-        self.events = Events(run, cfg.tensorboard)
+        self.events = Events(run, cfg.tensorboard and self.chief)
         print(f"run {run}: {self.train.n} training and {len(val_x)} validation images, {self.spe} steps per "
               f"epoch, {self.trainer.step} of {self.total} steps done", flush=True)
         if cfg.precision == "float16" and not tf.config.list_physical_devices("GPU"):
@@ -515,7 +524,8 @@ class Loop:
     def plot(self) -> None:
         from lowlevel import plots  # matplotlib: imported at the first epoch's end, never by the step
 
-        plots.learning_curves(self.run)
+        if self.chief:
+            plots.learning_curves(self.run)
 
     def test(self) -> None:
         test = pipeline.Batches(self.data.test_images, self.data.test_labels, self.train.norm, 500)
@@ -524,9 +534,13 @@ class Loop:
               f"{self.manager.latest_checkpoint})", flush=True)
 
 
-def fit(cfg: Config, run: Path, data: datasets.Dataset) -> int:
+def fit(cfg: Config, run: Path, data: datasets.Dataset, strategy=None, out: Path | None = None) -> int:
     """Train the run to its end (or to --max-steps, or a signal); return the exit status."""
-    loop = Loop(cfg, run, data)
+    again = ["--strategy", cfg.strategy] if cfg.strategy != "default" else []  # an invocation flag: not saved
+    try:
+        loop = Loop(cfg, run, data, strategy, out)
+    except distribute.PEER_LOST:
+        return peer_lost(cfg, run, 0)
     t, stop = loop.trainer, _Stop()
     try:
         while t.step < loop.limit and stop.signal is None:
@@ -541,17 +555,36 @@ def fit(cfg: Config, run: Path, data: datasets.Dataset) -> int:
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except distribute.PEER_LOST:
+        if cfg.strategy != "multi-worker":
+            raise
+        return peer_lost(cfg, run, t.step)
     finally:
         stop.restore()
         loop.events.close()
     if t.step < loop.total:
         why = signal.Signals(stop.signal).name if stop.signal else f"--max-steps {cfg.max_steps}"
         print(f"stopped ({why}) at step {t.step} of {loop.total}, checkpoint {loop.manager.latest_checkpoint}; "
-              f"continue with: {command(run)}", flush=True)
+              f"continue with: {command(run, *again)}", flush=True)
         return {None: 0, signal.SIGINT: 130, signal.SIGTERM: 143}[stop.signal]
+    if not loop.chief:
+        return 0
     loop.test()
     print(f"evaluate with: python -m lowlevel.evaluate --checkpoint {shlex.quote(str(run))}", flush=True)
     return 0
+
+
+def peer_lost(cfg: Config, run: Path, step: int) -> int:
+    """Another worker of a multi-worker run is gone: say so (the collectives raised), exit 1."""
+    try:
+        last = runs.latest(run)
+    except RunError:
+        last = None
+    kept = f"its last checkpoint is {last.name}" if last else "it has no checkpoint yet"
+    print(f"error: another worker of the TF_CONFIG cluster stopped answering (at step {step}), so this one stops "
+          f"too; {kept}: start every worker again with: {command(run, '--strategy', cfg.strategy)}",
+          file=sys.stderr, flush=True)
+    return 1
 
 
 def after_write_error(cfg: Config, run: Path | None) -> str:
@@ -570,11 +603,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg, run = None, None
     try:
         cfg, explicit = Config.from_args(argv)
-        cfg, run = run_config(cfg.check(), explicit)
+        cfg = cfg.check()
+        strategy = distribute.strategy(cfg.strategy)  # first: multi-worker starts this worker's server
+        chief = distribute.is_chief(strategy)
+        cfg, run = run_config(cfg, explicit, chief)
         data = datasets.load(cfg.dataset, cfg.data, cfg.split_seed)
         cfg.check_data(len(data.train_images), data.train_images.shape[1])
+        if not chief:  # another worker of a multi-worker run: it reads the run folder, writes a temporary one
+            with tempfile.TemporaryDirectory(prefix="lowlevel-worker-") as scratch:
+                return fit(cfg, run, data, strategy, out=Path(scratch))
         with open_run(cfg, run):
-            return fit(cfg, run, data)
+            return fit(cfg, run, data, strategy)
     except WriteError as e:
         print(f"error: {e}; {after_write_error(cfg, run)}", file=sys.stderr)
         return 2

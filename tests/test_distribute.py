@@ -1,10 +1,14 @@
 """tf.distribute on 2 logical CPU devices: cross-replica batch norm computes what one device computes."""
 import json
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
-from conftest import ENV
+import pytest
+from conftest import ENV, assert_same_weights, one_error
 
 TWO_DEVICES = """
 import json, numpy as np, tensorflow as tf
@@ -114,7 +118,7 @@ def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(t
     """python -m lowlevel.train --strategy mirrored on 2 logical CPUs: stopped and resumed it ends with
     the very weights of the uninterrupted 2-replica run; its checkpoint evaluates on one device and
     resumes there."""
-    from conftest import TINY, assert_same_weights, run_module
+    from conftest import TINY, run_module
 
     args = ["--data", str(data), "--epochs", "2", *TINY, "--batch-size", "16", "--steps-per-call", "2"]
     out = in_two_devices(f"""
@@ -133,3 +137,131 @@ def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(t
     assert "test accuracy" in run_module("evaluate", tmp_path, "--checkpoint", runs_dir / "two").stdout
     run_module("train", tmp_path, "--run-name", "mixed", "--resume")  # 2 replicas, then 1
     assert (runs_dir / "mixed" / "ckpt-10.index").is_file()
+
+
+def test_an_indivisible_batch_is_one_sentence(tmp_path, data):
+    out = in_two_devices(f"""
+        import contextlib, io, os
+        os.chdir({str(tmp_path)!r})
+        from lowlevel import train
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            status = train.main(["--data", {str(data)!r}, "--run-name", "odd", "--strategy", "mirrored",
+                                 "--batch-size", "15", "--val-size", "20", "--progress", "none"])
+        print(json.dumps([status, err.getvalue()]))
+    """)
+    assert out == [2, "error: --batch-size 15 does not divide among the 2 replicas of --strategy mirrored; give a "
+                      "multiple of 2.\n"]
+
+
+@pytest.mark.parametrize("tf_config, phrase", [
+    (None, "--strategy multi-worker needs the TF_CONFIG environment variable"),
+    ("{not json", "is not a cluster: give JSON such as"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}', "with this worker's index"),
+    ('{"cluster": {"ps": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}', "is not a cluster"),
+])
+def test_multi_worker_without_a_good_tf_config_is_one_sentence(tmp_path, data, cli, monkeypatch, tf_config, phrase):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    one_error(*cli("train", tmp_path, "--data", data, "--run-name", "mw", "--strategy", "multi-worker")[::2], phrase)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_multi_worker_needs_a_run_name(tmp_path, data, cli):
+    one_error(*cli("train", tmp_path, "--data", data, "--strategy", "multi-worker")[::2],
+              "--strategy multi-worker needs --run-name, the same on every worker")
+
+
+# ---------------------------------------------------------------- several processes: multi-worker
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(cwd, args, n: int = 2) -> list[subprocess.Popen]:
+    """n processes of `python -m lowlevel.train ARGS --strategy multi-worker` on 127.0.0.1, each with its
+    TF_CONFIG, and TMPDIR inside cwd (where the other workers' temporary run folders go)."""
+    ports, tmp = free_ports(n), Path(cwd) / "tmp"
+    tmp.mkdir()
+    procs = []
+    for i in range(n):
+        config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
+        env = dict(ENV, TF_CONFIG=json.dumps(config), TMPDIR=str(tmp))
+        procs.append(subprocess.Popen([sys.executable, "-m", "lowlevel.train", *map(str, args),
+                                       "--strategy", "multi-worker"], cwd=cwd, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+@pytest.fixture
+def workers():
+    """start(cwd, args) -> the processes; whatever happens, every one is ended when the test ends."""
+    started = []
+
+    def start(cwd, args, n=2):
+        started.extend(start_workers(cwd, args, n))
+        return started[-n:]
+    yield start
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+def test_two_worker_processes_train_what_two_devices_train_and_only_the_chief_writes(tmp_path, data, workers):
+    from conftest import TINY, run_module
+
+    args = ["--data", data, "--epochs", "2", *TINY, "--batch-size", "16", "--steps-per-call", "2", "--max-steps", "7"]
+    procs = workers(tmp_path, [*args, "--run-name", "mw"])
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    run, two = tmp_path / "checkpoints" / "mw", tmp_path / "checkpoints" / "two"
+    assert list((tmp_path / "tmp").iterdir()) == []  # the other worker's temporary run folder is gone
+    # the same run as 2 replicas in one process, 2 logical devices: the very same weights (a sum of two
+    # float32 values does not depend on which is added to which)
+    in_two_devices(f"""
+        import os
+        os.chdir({str(tmp_path)!r})
+        from lowlevel import train
+        print(json.dumps(train.main({[*map(str, args), "--run-name", "two", "--strategy", "mirrored"]!r})))
+    """)
+    assert_same_weights(run / "ckpt-7", two / "ckpt-7")
+    assert sorted(p.name for p in run.rglob("*")) == sorted(p.name for p in two.rglob("*"))  # what one process writes
+    timeless = [(row.split(",")[:-2]) for row in (run / "history.csv").read_text().splitlines()]
+    assert timeless == [(row.split(",")[:-2]) for row in (two / "history.csv").read_text().splitlines()]
+    run_module("train", tmp_path, "--run-name", "mw", "--resume")  # one process continues it
+    assert (run / "ckpt-10.index").is_file()
+
+
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_killed_worker_makes_the_other_stop_with_one_sentence(tmp_path, data, workers, killed):
+    """SIGKILL one of two workers once the chief has saved epoch 1: the other exits within a bounded time
+    with one sentence (not a hang, not a traceback), and the chief's checkpoint continues in one process."""
+    from conftest import TINY, run_module
+
+    procs = workers(tmp_path, ["--data", data, "--epochs", "200", *TINY, "--batch-size", "16", "--run-name", "mw"])
+    run = tmp_path / "checkpoints" / "mw"
+    deadline = time.monotonic() + 240
+    while not (run / "ckpt-5.index").exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.2)
+    procs[killed].kill()
+    other = procs[1 - killed]
+    start = time.monotonic()
+    out, err = other.communicate(timeout=120)
+    waited = time.monotonic() - start
+    assert other.returncode == 1, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: another worker of the TF_CONFIG cluster stopped answering"), err
+    assert "start every worker again with: python -m lowlevel.train" in last and "Traceback" not in err
+    assert waited < 60, waited
+    run_module("train", tmp_path, "--run-name", "mw", "--resume", "--max-steps", "12")
+    assert (run / "ckpt-12.index").is_file()

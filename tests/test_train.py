@@ -230,6 +230,8 @@ def test_a_parameter_that_is_not_finite_is_never_saved(tmp_path, data, monkeypat
     (["--cutout", "33"], ["--cutout 33 is larger than the 32-pixel image"]),
     (["--alpha", "0"], ["--alpha must be greater than 0"]),
     (["--precision", "float8"], ["--precision must be float32, bfloat16 or float16"]),
+    (["--strategy", "tpu"], ["--strategy must be default, mirrored or multi-worker, not 'tpu'"]),
+    (["--strategy", "mirrored", "--precision", "float16"], ["--precision float16", "use float32 or bfloat16"]),
     (["--run-name", "a/b"], ["--run-name 'a/b' must be a plain folder name"]),
     (["--run-name", ".."], ["--run-name '..' must be a plain folder name"]),
     (["--checkpoint-dir", "afile"], ["--checkpoint-dir afile: is a file"]),
