@@ -89,6 +89,8 @@ class Config:
                                   "MirroredStrategy) or multi-worker (several machines named by TF_CONFIG: "
                                   "MultiWorkerMirroredStrategy); --batch-size stays the global batch, split among "
                                   "the replicas")
+    sync_bn: bool = _f(True, "with several replicas, each batch norm normalizes with the global batch's statistics "
+                             "(one all-reduce per layer; --no-sync-bn: each replica with its own slice's)")
     tensorboard: bool = _f(True, "write TensorBoard event files into the run's tensorboard/ folder "
                                  "(view them with: tensorboard --logdir checkpoints)")
 
@@ -98,7 +100,8 @@ class Config:
     # Saved with the run, but a --resume may change them: they do not change what is computed.
     ADJUSTABLE = ("data", "steps_per_call", "tensorboard")
     # Choices of one command, not of the run: never written to config.json nor read from it.
-    INVOCATION = ("checkpoint_dir", "run_name", "resume", "from_checkpoint", "max_steps", "progress", "strategy")
+    INVOCATION = ("checkpoint_dir", "run_name", "resume", "from_checkpoint", "max_steps", "progress", "strategy",
+                  "sync_bn")
 
     def check(self) -> "Config":
         """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from lowlevel._tf import tf
 
-from lowlevel import datasets, distribute, optim, pipeline, runs
+from lowlevel import datasets, distribute, layers, optim, pipeline, runs
 from lowlevel.events import Events
 from lowlevel.config import Config, ConfigError
 from lowlevel.runs import RunError, WriteError
@@ -76,6 +76,9 @@ class Trainer(tf.Module):
     def _build(self, cfg: Config, train: pipeline.Batches, num_classes: int) -> None:
         tf.random.set_seed(cfg.seed)  # the initial weights
         self.model = runs.build_model(cfg, num_classes, input_shape=train.images.shape[1:])
+        for bn in self.model.submodules:
+            if isinstance(bn, layers.BatchNorm):
+                bn.sync = cfg.sync_bn  # only matters with several replicas
         spe = train.steps_per_epoch
         total, warmup = cfg.epochs * spe, int(cfg.warmup_epochs * spe)
         if cfg.schedule == "cosine":

@@ -83,6 +83,7 @@ def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
     without sync 139%.  Over several steps this tiny network amplifies rounding until even the
     two one-device runs differ by tens of percent, so one step is compared.)"""
     out = in_two_devices("""
+        import dataclasses
         from lowlevel import distribute, pipeline, train
         from lowlevel.config import Config
         from lowlevel.layers import BatchNorm
@@ -93,11 +94,12 @@ def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
         norm = pipeline.Normalization.of(x)
 
         def update(strategy, fused=True, sync=True):
-            t = train.Trainer(cfg, pipeline.Batches(x, y, norm, 16, 0, augment=True, cutout=16),
+            t = train.Trainer(dataclasses.replace(cfg, sync_bn=sync),  # --no-sync-bn
+                              pipeline.Batches(x, y, norm, 16, 0, augment=True, cutout=16),
                               strategy=distribute.strategy(strategy))
             for m in t.model.submodules:
                 if isinstance(m, BatchNorm):
-                    m.fused, m.sync = fused, sync
+                    m.fused = fused
             before = [v.numpy() for v in t.model.variables]
             t.train_steps(pipeline.epoch_order(80, 0, 0), tf.constant(1))
             return [v.numpy() - b for v, b in zip(t.model.variables, before)]
