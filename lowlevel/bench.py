@@ -15,6 +15,12 @@ Measured in one run, on the same machine, on random data of CIFAR's shape:
     multiply-add, backward about twice forward), giving the fraction of the
     limit the training step reaches.
 
+`--strategy mirrored` instead times the training step under tf.distribute (lowlevel/distribute.py)
+against the one-device step, in one process: on a machine without GPUs it splits the CPU into
+`--replicas` logical devices, which share its cores, so the ratio is the strategy's overhead,
+not a speed-up; the step without cross-replica batch norm, and the gradients' all-reduce alone,
+say where that overhead goes.
+
 `--exported checkpoints/RUN/export` instead times the files `python -m lowlevel.export` wrote:
 batch-1 latency (median of `--runs` calls) and batch-128 images/s, with 1 and 2 threads,
 each file and thread count in a fresh process.
@@ -98,6 +104,44 @@ def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int,
     float(infer(tf.constant(1)))
     infer_s = best_time(lambda: float(infer(n)), repeats)
     return batch * steps / train_s, batch * steps / infer_s
+
+
+def strategy_throughput(batch: int, alpha: float, steps: int, repeats: int, replicas: int) -> dict:
+    """Training images/s of one device, of `replicas` mirrored replicas with and without sync batch
+    norm, and the milliseconds of one all-reduce of every gradient (summed over the replicas)."""
+    from lowlevel import distribute, pipeline
+    from lowlevel.config import Config
+    from lowlevel.train import Trainer
+
+    if not tf.config.list_physical_devices("GPU"):  # before TensorFlow's first op: R logical CPUs
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    images, labels = random_images(batch * (steps + 1))
+    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0,
+                               cutout=Config().cutout)
+    order, n = batches.order(0), tf.constant(steps)
+    mirrored = distribute.strategy("mirrored")
+    result = {"replicas": distribute.replicas(mirrored)}
+    for name, strategy, sync in [("default", None, True), ("mirrored", mirrored, True),
+                                 ("mirrored_no_sync_bn", mirrored, False)]:
+        trainer = Trainer(Config(alpha=alpha, batch_size=batch, sync_bn=sync), batches, strategy=strategy)
+        float(trainer.train_steps(order, tf.constant(1)))  # trace and warm up
+        result[f"{name}_images_per_s"] = batch * steps / best_time(lambda: float(trainer.train_steps(order, n)),
+                                                                   repeats)
+    grads = [tf.zeros_like(v) for v in trainer.model.trainable_variables]
+
+    @tf.function
+    def all_reduce(k):
+        acc = tf.constant(0.0)
+        for _ in tf.range(k):  # the loop outside strategy.run, as in Trainer.train_steps
+            acc += mirrored.experimental_local_results(mirrored.run(  # one value of each sum, so none is pruned
+                lambda: tf.add_n([tf.reshape(g, [-1])[0] for g in distribute.all_reduce_sum(grads)])))[0]
+        return acc
+
+    float(all_reduce(tf.constant(1)))
+    result["gradient_all_reduce_ms"] = 1000 * best_time(lambda: float(all_reduce(n)), repeats) / steps
+    result["gradient_floats"] = sum(int(g.shape.num_elements()) for g in grads)
+    return result
 
 
 def summaries_throughput(batch: int, alpha: float, steps: int, repeats: int, per_call: int = 10,
@@ -343,6 +387,9 @@ def parser() -> Parser:
     ap.add_argument("--profile", action="store_true", help="instead: milliseconds per training step by op type")
     ap.add_argument("--summaries", action="store_true", help="instead: training images/s with TensorBoard "
                                                              "summaries off and on, as lowlevel.train writes them")
+    ap.add_argument("--strategy", default="", choices=["", "mirrored"],
+                    help="instead: training images/s under --strategy mirrored against one device")
+    ap.add_argument("--replicas", type=int, default=2, help="with --strategy, on CPUs: logical devices (default 2)")
     ap.add_argument("--exported", default="", help="instead: the latency and images/s of the models "
                                                    "python -m lowlevel.export wrote (its folder, or one file)")
     ap.add_argument("--threads", default="1,2", help="with --exported: thread counts to measure (default 1,2)")
@@ -354,8 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.quick:
         args.alpha, args.batch_size, args.steps, args.repeats = 0.25, 16, 2, 1
-    if min(args.batch_size, args.steps, args.repeats) < 1 or not args.alpha > 0:
-        print("error: --batch-size, --steps and --repeats must be at least 1 and --alpha above 0.", file=sys.stderr)
+    if min(args.batch_size, args.steps, args.repeats, args.replicas) < 1 or not args.alpha > 0:
+        print("error: --batch-size, --steps, --repeats and --replicas must be at least 1 and --alpha above 0.",
+              file=sys.stderr)
+        return 2
+    if args.strategy and args.batch_size % args.replicas:
+        print(f"error: --batch-size {args.batch_size} does not divide among --replicas {args.replicas}; give a "
+              f"multiple of it.", file=sys.stderr)
         return 2
 
     if args.exported:
@@ -369,6 +421,20 @@ def main(argv: list[str] | None = None) -> int:
         for op, ms in table[:15]:
             print(f"{op:<44s} {ms:8.1f} ms {100 * ms / total:6.1f}%")
         print(f"{'all kernels':<44s} {total:8.1f} ms; {wall_ms:.1f} ms per step by the wall clock (tracing included)")
+        return 0
+
+    if args.strategy:
+        r = strategy_throughput(args.batch_size, args.alpha, args.steps, args.repeats, args.replicas)
+        one = r["default_images_per_s"]
+        step_ms = 1000 * args.batch_size / r["mirrored_images_per_s"]
+        print(f"training images/s, alpha {args.alpha:g}, global batch {args.batch_size}, best of {args.repeats}; "
+              f"{r['replicas']} replicas of --strategy {args.strategy} on this machine's devices")
+        for name in ("default", "mirrored", "mirrored_no_sync_bn"):
+            v = r[f"{name}_images_per_s"]
+            print(f"{name:<24s} {v:10.1f}  {v / one:6.3f}x one device")
+        print(f"all-reduce of the {r['gradient_floats'] / 1e6:.2f}M gradients: {r['gradient_all_reduce_ms']:.1f} ms, "
+              f"{100 * r['gradient_all_reduce_ms'] / step_ms:.1f}% of a mirrored step ({step_ms:.0f} ms)")
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
         return 0
 
     if args.summaries:

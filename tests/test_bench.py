@@ -75,3 +75,16 @@ def test_summaries_benchmark_times_training_with_and_without_them(capsys, monkey
     monkeypatch.setattr(events.Events, "epoch", broken)
     with pytest.raises(RuntimeError, match="epoch summaries ran"):
         bench.main(["--summaries", "--quick"])
+
+
+def test_strategy_benchmark_times_one_device_against_two_replicas():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--strategy", "mirrored", "--quick"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["replicas"] == 2
+    assert last["gradient_floats"] == 215642  # MobileNet alpha 0.25's trainable parameters
+    for key in ("default_images_per_s", "mirrored_images_per_s", "mirrored_no_sync_bn_images_per_s",
+                "gradient_all_reduce_ms"):
+        assert last[key] > 0, key
