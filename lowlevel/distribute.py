@@ -8,7 +8,7 @@ runs the step once per device ("replica").  lowlevel's step under it:
 
   1. every replica draws the global batch B exactly as one device would (same
      order, same augmentation keys), and keeps its slice: replica r of R takes
-     images [r B/R, (r+1) B/R);
+     images [r B/R, (r+1) B/R) (and dropout's masks for them, layers.dropout);
   2. forward and backward on that slice; each batch norm computes the global
      batch's statistics across replicas (layers.BatchNorm, "sync batch norm");
   3. the loss is the slice's mean divided by R, so the all-reduced (summed)

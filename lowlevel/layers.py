@@ -312,9 +312,18 @@ def dropout(x: tf.Tensor, rate: float, training: bool, seed=None) -> tf.Tensor:
     `seed`, a [2] integer key, makes the mask a pure function of the key (the
     training step passes one made from (seed, step), so a resumed run draws the
     same masks); without one the mask comes from TensorFlow's global generator.
+    Under a tf.distribute strategy with R > 1 replicas, x [B/R, ...] being replica r's
+    slice of the global batch, the mask is the slice of the global batch's mask: the
+    masks one device would draw.
     """
     if not training or rate == 0.0:
         return x
     if seed is None:
         return tf.nn.dropout(x, rate=rate)
+    replicas = tf.distribute.get_replica_context()
+    if replicas is not None and replicas.num_replicas_in_sync > 1:
+        r, n, b = replicas.replica_id_in_sync_group, replicas.num_replicas_in_sync, tf.shape(x)[0]
+        whole = tf.concat([[n * b], tf.shape(x)[1:]], 0)  # the global batch's shape
+        mask = tf.nn.experimental.stateless_dropout(tf.ones(whole, x.dtype), rate=rate, seed=seed)  # 0 or 1/(1-rate)
+        return x * mask[r * b:(r + 1) * b]
     return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed)

@@ -117,11 +117,9 @@ class Trainer(tf.Module):
         """One training step on one replica, in strategy.run (see lowlevel/distribute.py): its slice of
         the global batch, the global mean loss's gradients all-reduced, the same update everywhere."""
         x, y = distribute.local_slice(*self.train.train_batch(order, step))  # [B/R, H, W, C], [B/R]
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        key = tf.random.experimental.stateless_fold_in(pipeline.dropout_key(self.cfg.seed, step), replica)
         params = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = self.model(x, training=True, seed=key)  # [B/R, K]
+        with tf.GradientTape() as tape:  # dropout's masks: slices of the global batch's (layers.dropout)
+            logits = self.model(x, training=True, seed=pipeline.dropout_key(self.cfg.seed, step))  # [B/R, K]
             loss = cross_entropy(logits, y, self.cfg.label_smoothing)  # the slice's mean
             share = loss / self.replicas  # sum over replicas: the global batch's mean
         grads = distribute.all_reduce_sum(tape.gradient(share, params))
@@ -363,10 +361,10 @@ class Loop:
         self.out = out or run
         self.chief = self.out == run
         strategy = strategy or tf.distribute.get_strategy()
-        if cfg.batch_size % distribute.replicas(strategy):
-            raise ConfigError(f"--batch-size {cfg.batch_size} does not divide among the {distribute.replicas(strategy)} "
-                              f"replicas of --strategy {cfg.strategy}; give a multiple of "
-                              f"{distribute.replicas(strategy)}.")
+        replicas = distribute.replicas(strategy)
+        if cfg.batch_size % replicas:
+            raise ConfigError(f"--batch-size {cfg.batch_size} does not divide among the {replicas} replicas of "
+                              f"--strategy {cfg.strategy}; give a multiple of {replicas}.")
         self.trainer = Trainer(cfg, self.train, num_classes=len(data.label_names), strategy=strategy)
         if cfg.resume:
             self.restore()

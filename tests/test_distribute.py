@@ -71,6 +71,22 @@ def test_sync_batch_norm_equals_one_batch_norm_on_the_whole_batch():
     assert np.abs(unsynced[4] - ref[4]).max() > 0.01
 
 
+def test_dropout_on_each_replica_is_its_slice_of_the_global_batch_mask():
+    out = in_two_devices("""
+        from lowlevel.layers import dropout
+        x = tf.random.stateless_normal([8, 5], seed=[1, 2])
+        key = tf.constant([7, 9], tf.int64)
+        one = dropout(x, 0.4, True, key)
+        halves = strategy.experimental_distribute_values_from_function(
+            lambda ctx: x[4 * ctx.replica_id_in_sync_group:][:4])
+        two = strategy.run(tf.function(lambda h: dropout(h, 0.4, True, key)), args=(halves,))
+        two = tf.concat(strategy.experimental_local_results(two), 0)
+        dropped = float(tf.reduce_mean(tf.cast(one == 0, tf.float32)))
+        print(json.dumps({"equal": bool(tf.reduce_all(one == two)), "dropped": dropped}))
+    """)
+    assert out["equal"] and 0 < out["dropped"] < 1, out
+
+
 def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
     """One step of global batch 16 as 2 x 8 with sync batch norm against one device at batch 16.
 
