@@ -22,7 +22,7 @@ def in_two_devices(code: str) -> dict:
     """Run `code` after TWO_DEVICES in a new process (logical devices must be set before TensorFlow
     starts); it prints one JSON object, returned."""
     result = subprocess.run([sys.executable, "-c", TWO_DEVICES + textwrap.dedent(code)], capture_output=True,
-                            text=True, env=ENV, timeout=300)
+                            text=True, env=ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -146,10 +146,13 @@ def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(t
         statuses = [train.main({[*args, "--run-name", "two", "--strategy", "mirrored"]!r}),
                     train.main({[*args, "--run-name", "parts", "--strategy", "mirrored", "--max-steps", "3"]!r}),
                     train.main(["--run-name", "parts", "--resume", "--strategy", "mirrored"]),
-                    train.main({[*args, "--run-name", "mixed", "--strategy", "mirrored", "--max-steps", "5"]!r})]
+                    train.main({[*args, "--run-name", "mixed", "--strategy", "mirrored", "--max-steps", "5"]!r}),
+                    train.main({[*args, "--run-name", "mixed1", "--max-steps", "5"]!r}),
+                    train.main(["--run-name", "mixed1", "--resume", "--strategy", "mirrored", "--max-steps", "7"])]
         print(json.dumps(statuses))
     """)
-    assert out == [0, 0, 0, 0]
+    assert out == [0, 0, 0, 0, 0, 0]
+    assert (tmp_path / "checkpoints" / "mixed1" / "ckpt-7.index").is_file()  # 1 replica, then 2
     runs_dir = tmp_path / "checkpoints"
     assert_same_weights(runs_dir / "two" / "ckpt-10", runs_dir / "parts" / "ckpt-10")
     assert "test accuracy" in run_module("evaluate", tmp_path, "--checkpoint", runs_dir / "two").stdout
