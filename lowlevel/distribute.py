@@ -79,7 +79,10 @@ def strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
                                               cross_device_ops=tf.distribute.ReductionToOneDevice())
     if name == "multi-worker":  # must come before anything else runs on TensorFlow: it starts this worker's server
-        cluster()
+        config = cluster()
+        workers = [a for job in ("chief", "worker") for a in config["cluster"].get(job, [])]
+        print(f"multi-worker: this is {config['task']['type']} {config['task']['index']} of TF_CONFIG's "
+              f"{len(workers)} ({', '.join(workers)}); waiting until every one has started", flush=True)
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 

@@ -244,6 +244,7 @@ def test_two_worker_processes_train_what_two_devices_train_and_only_the_chief_wr
     procs = workers(tmp_path, [*args, "--run-name", "mw"])
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
+    assert "multi-worker: this is worker 1 of TF_CONFIG's 2 (127.0.0.1:" in outs[1][0]
     run, two = tmp_path / "checkpoints" / "mw", tmp_path / "checkpoints" / "two"
     assert list((tmp_path / "tmp").iterdir()) == []  # the other worker's temporary run folder is gone
     # the same run as 2 replicas in one process, 2 logical devices: the very same weights (a sum of two
