@@ -541,6 +541,8 @@ def fit(cfg: Config, run: Path, data: datasets.Dataset, strategy=None, out: Path
     try:
         loop = Loop(cfg, run, data, strategy, out)
     except distribute.PEER_LOST:
+        if cfg.strategy != "multi-worker":
+            raise
         return peer_lost(cfg, run, 0)
     t, stop = loop.trainer, _Stop()
     try:
