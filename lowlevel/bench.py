@@ -17,9 +17,9 @@ Measured in one run, on the same machine, on random data of CIFAR's shape:
 
 `--strategy mirrored` instead times the training step under tf.distribute (lowlevel/distribute.py)
 against the one-device step, in one process: on a machine without GPUs it splits the CPU into
-`--replicas` logical devices, which share its cores, so the ratio is the strategy's overhead,
-not a speed-up; the step without cross-replica batch norm, and the gradients' all-reduce alone,
-say where that overhead goes.
+`--replicas` logical devices, which share its cores (so any gain comes from running the replicas'
+half-batches side by side, not from more hardware); the step without cross-replica batch norm,
+and the gradients' all-reduce alone, say what the strategy's communication costs.
 
 `--exported checkpoints/RUN/export` instead times the files `python -m lowlevel.export` wrote:
 batch-1 latency (median of `--runs` calls) and batch-128 images/s, with 1 and 2 threads,
@@ -128,19 +128,20 @@ def strategy_throughput(batch: int, alpha: float, steps: int, repeats: int, repl
         float(trainer.train_steps(order, tf.constant(1)))  # trace and warm up
         result[f"{name}_images_per_s"] = batch * steps / best_time(lambda: float(trainer.train_steps(order, n)),
                                                                    repeats)
-    grads = [tf.zeros_like(v) for v in trainer.model.trainable_variables]
+    params = trainer.model.trainable_variables  # read in the step: constants' sums would be folded away
 
     @tf.function
     def all_reduce(k):
         acc = tf.constant(0.0)
         for _ in tf.range(k):  # the loop outside strategy.run, as in Trainer.train_steps
             acc += mirrored.experimental_local_results(mirrored.run(  # one value of each sum, so none is pruned
-                lambda: tf.add_n([tf.reshape(g, [-1])[0] for g in distribute.all_reduce_sum(grads)])))[0]
+                lambda: tf.add_n([tf.reshape(g, [-1])[0] for g in distribute.all_reduce_sum(
+                    [tf.identity(v) for v in params])])))[0]
         return acc
 
     float(all_reduce(tf.constant(1)))
     result["gradient_all_reduce_ms"] = 1000 * best_time(lambda: float(all_reduce(n)), repeats) / steps
-    result["gradient_floats"] = sum(int(g.shape.num_elements()) for g in grads)
+    result["gradient_floats"] = sum(int(v.shape.num_elements()) for v in params)
     return result
 
 
