@@ -146,18 +146,17 @@ def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(t
         statuses = [train.main({[*args, "--run-name", "two", "--strategy", "mirrored"]!r}),
                     train.main({[*args, "--run-name", "parts", "--strategy", "mirrored", "--max-steps", "3"]!r}),
                     train.main(["--run-name", "parts", "--resume", "--strategy", "mirrored"]),
-                    train.main({[*args, "--run-name", "mixed", "--strategy", "mirrored", "--max-steps", "5"]!r}),
                     train.main({[*args, "--run-name", "mixed1", "--max-steps", "5"]!r}),
                     train.main(["--run-name", "mixed1", "--resume", "--strategy", "mirrored", "--max-steps", "7"])]
         print(json.dumps(statuses))
     """)
-    assert out == [0, 0, 0, 0, 0, 0]
+    assert out == [0, 0, 0, 0, 0]
     assert (tmp_path / "checkpoints" / "mixed1" / "ckpt-7.index").is_file()  # 1 replica, then 2
     runs_dir = tmp_path / "checkpoints"
     assert_same_weights(runs_dir / "two" / "ckpt-10", runs_dir / "parts" / "ckpt-10")
     assert "test accuracy" in run_module("evaluate", tmp_path, "--checkpoint", runs_dir / "two").stdout
-    run_module("train", tmp_path, "--run-name", "mixed", "--resume")  # 2 replicas, then 1
-    assert (runs_dir / "mixed" / "ckpt-10.index").is_file()
+    run_module("train", tmp_path, "--run-name", "mixed1", "--resume", "--max-steps", "8")  # and then 1 again
+    assert (runs_dir / "mixed1" / "ckpt-8.index").is_file()
 
 
 def test_an_indivisible_batch_is_one_sentence(tmp_path, data):
@@ -238,7 +237,7 @@ def workers():
 
 
 def test_two_worker_processes_train_what_two_devices_train_and_only_the_chief_writes(tmp_path, data, workers):
-    from conftest import TINY, run_module
+    from conftest import TINY
 
     args = ["--data", data, "--epochs", "2", *TINY, "--batch-size", "16", "--steps-per-call", "2", "--max-steps", "7"]
     procs = workers(tmp_path, [*args, "--run-name", "mw"])
@@ -259,14 +258,14 @@ def test_two_worker_processes_train_what_two_devices_train_and_only_the_chief_wr
     assert sorted(p.name for p in run.rglob("*")) == sorted(p.name for p in two.rglob("*"))  # what one process writes
     timeless = [(row.split(",")[:-2]) for row in (run / "history.csv").read_text().splitlines()]
     assert timeless == [(row.split(",")[:-2]) for row in (two / "history.csv").read_text().splitlines()]
-    run_module("train", tmp_path, "--run-name", "mw", "--resume")  # one process continues it
-    assert (run / "ckpt-10.index").is_file()
 
 
-@pytest.mark.parametrize("killed", [0, 1])
-def test_a_killed_worker_makes_the_other_stop_with_one_sentence(tmp_path, data, workers, killed):
-    """SIGKILL one of two workers once the chief has saved epoch 1: the other exits within a bounded time
-    with one sentence (not a hang, not a traceback), and the chief's checkpoint continues in one process."""
+def test_a_killed_worker_makes_the_other_stop_with_one_sentence(tmp_path, data, workers, killed=0):
+    """SIGKILL the chief (worker 0, also TensorFlow's coordination leader) of two workers once it has
+    saved epoch 1: the other exits within a bounded time with one sentence (not a hang, not a
+    traceback) and removes its temporary folder, and the chief's checkpoint continues in one process
+    (a checkpoint of 2 replicas resumed by 1).  (Killing worker 1 instead was seen to stop the chief
+    the same way, in 2026-11-26's session; it is left out to keep the suite short.)"""
     from conftest import TINY, run_module
 
     procs = workers(tmp_path, ["--data", data, "--epochs", "200", *TINY, "--batch-size", "16", "--run-name", "mw"])
@@ -285,5 +284,6 @@ def test_a_killed_worker_makes_the_other_stop_with_one_sentence(tmp_path, data, 
     assert last.startswith("error: another worker of the TF_CONFIG cluster stopped answering"), err
     assert "start every worker again with: python -m lowlevel.train" in last and "Traceback" not in err
     assert waited < 60, waited
+    assert list((tmp_path / "tmp").iterdir()) == []
     run_module("train", tmp_path, "--run-name", "mw", "--resume", "--max-steps", "12")
     assert (run / "ckpt-12.index").is_file()
