@@ -245,7 +245,7 @@ def test_two_worker_processes_train_what_two_devices_train_and_only_the_chief_wr
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "multi-worker: this is worker 1 of TF_CONFIG's 2 (127.0.0.1:" in outs[1][0]
     run, two = tmp_path / "checkpoints" / "mw", tmp_path / "checkpoints" / "two"
-    assert list((tmp_path / "tmp").iterdir()) == []  # the other worker's temporary run folder is gone
+    assert not list((tmp_path / "tmp").glob("lowlevel-worker-*"))  # the other worker's temporary run folder
     # the same run as 2 replicas in one process, 2 logical devices: the very same weights (a sum of two
     # float32 values does not depend on which is added to which)
     in_two_devices(f"""
@@ -284,6 +284,6 @@ def test_a_killed_worker_makes_the_other_stop_with_one_sentence(tmp_path, data, 
     assert last.startswith("error: another worker of the TF_CONFIG cluster stopped answering"), err
     assert "start every worker again with: python -m lowlevel.train" in last and "Traceback" not in err
     assert waited < 60, waited
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not list((tmp_path / "tmp").glob("lowlevel-worker-*"))  # (the killed one leaves AutoGraph's files)
     run_module("train", tmp_path, "--run-name", "mw", "--resume", "--max-steps", "12")
     assert (run / "ckpt-12.index").is_file()
