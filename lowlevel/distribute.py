@@ -21,8 +21,8 @@ runs the step once per device ("replica").  lowlevel's step under it:
 `--strategy multi-worker` is TensorFlow's `MultiWorkerMirroredStrategy`: the same
 step, with replicas in several processes (one per machine, each with its GPUs or
 its CPU), named by the TF_CONFIG environment variable, and the all-reduces done
-over the network.  Every worker trains; only the chief (worker 0) writes the run
-folder.  The others write their checkpoints into a temporary folder they delete,
+over the network.  Every worker trains; only the chief (worker 0, or the "chief" task if
+TF_CONFIG names one) writes the run folder.  The others write their checkpoints into a temporary folder they delete,
 as TensorFlow's guide does, since saving may itself need every worker.
 
 A run's result then depends on the number of replicas only through float32
@@ -39,7 +39,6 @@ import os
 from lowlevel._tf import tf
 from lowlevel.config import ConfigError
 
-STRATEGIES = ("default", "mirrored", "multi-worker")
 PEER_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
              tf.errors.CancelledError)  # what a collective raises when another worker has gone
 
@@ -69,7 +68,7 @@ def cluster() -> dict:
 
 
 def strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy `name` (one of STRATEGIES)."""
+    """The tf.distribute strategy `name` (one of Config's --strategy choices)."""
     if name == "mirrored":  # every GPU; without one, every logical CPU device (one, unless a test made more)
         gpus = tf.config.list_logical_devices("GPU")
         if gpus:
