@@ -110,8 +110,8 @@ class SGD(_Optimizer):
         for w, g, b, decay in zip(variables, grads, self.velocity, self.decay_mask, strict=True):
             if decay and self.weight_decay:
                 g = g + self.weight_decay * w
-            b_new = self.momentum * b + g  # used as a value, not read back from b: under tf.distribute a read
-            b.assign(b_new)                 # after an assign in a replica is not ordered after it
+            b_new = self.momentum * b + g  # the new value used directly, not read back from the slot (one read
+            b.assign(b_new)                 # fewer; suspected, never shown, of reordering under tf.distribute)
             w.assign_sub(lr * (g + self.momentum * b_new if self.nesterov else b_new))
         self.iterations.assign_add(1)
         return lr
