@@ -21,6 +21,11 @@ against the one-device step, in one process: on a machine without GPUs it splits
 half-batches side by side, not from more hardware); the step without cross-replica batch norm,
 and the gradients' all-reduce alone, say what the strategy's communication costs.
 
+`--kernels` instead times the training and inference steps, Keras' training steps and the matmul
+peak under each kernel set (lowlevel's default, TensorFlow's default on this CPU, Eigen, oneDNN
+capped at AVX2, one inter-op thread), each in a fresh process, since TensorFlow reads its kernel
+settings once when it starts (lowlevel/kernels.py).
+
 `--exported checkpoints/RUN/export` instead times the files `python -m lowlevel.export` wrote:
 batch-1 latency (median of `--runs` calls) and batch-128 images/s, with 1 and 2 threads,
 each file and thread count in a fresh process.
@@ -32,6 +37,7 @@ package never imports this module.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -376,6 +382,88 @@ def exported_table(folder: str, threads: list[int], calls: int = 200) -> list[di
     return rows
 
 
+def tensorflow_default_onednn(flags: set[str]) -> bool:
+    """Whether TensorFlow on its own turns oneDNN on for a CPU with these flags: only with AVX512_VNNI,
+    AVX512_BF16, AVX_VNNI or AMX (tensorflow/core/util/port.cc, IsMKLEnabled)."""
+    return bool(flags & {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8"})
+
+
+def kernel_sets(flags: set[str]) -> list[tuple[str, dict]]:
+    """(name, environment variables) of each kernel set `--kernels` measures on a CPU with these flags.
+    Eigen is what TensorFlow runs by default on an AVX2-only CPU; oneDNN capped at AVX2 is what lowlevel
+    runs there (measured only on a CPU that has more than AVX2)."""
+    tf_default = "1" if tensorflow_default_onednn(flags) else "0"
+    sets = [("lowlevel's default", {}),
+            (f"TensorFlow's default (TF_ENABLE_ONEDNN_OPTS={tf_default} on this CPU)",
+             {"TF_ENABLE_ONEDNN_OPTS": tf_default}),
+            ("Eigen (TF_ENABLE_ONEDNN_OPTS=0)", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+            ("lowlevel's default, 1 inter-op thread", {"TF_NUM_INTEROP_THREADS": "1"})]
+    if flags & {"avx512f", "avx_vnni"}:
+        sets.insert(3, ("oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)", {"ONEDNN_MAX_CPU_ISA": "AVX2"}))
+    return sets
+
+
+def kernel_row(batch: int, alpha: float, steps: int, repeats: int, precision: str, quick: bool = False) -> dict:
+    """One kernel set's figures, in this process: matmul peak, lowlevel and Keras training, inference."""
+    from lowlevel import kernels
+
+    peak = matmul_gflops(*((512, 2) if quick else (2048, 10)), repeats)
+    train, infer = lowlevel_throughput(batch, alpha, steps, repeats, precision)
+    keras_train, _, keras_infer = keras_throughput(batch, alpha, steps, repeats, precision)
+    return {"kernels": kernels.short(), "matmul_gflops": round(peak, 1), "train_images_per_s": round(train, 1),
+            "infer_images_per_s": round(infer, 1), "keras_train_images_per_s": round(keras_train, 1),
+            "keras_infer_images_per_s": round(keras_infer, 1)}
+
+
+def kernels_table(args) -> list[dict]:
+    """kernel_row under each of kernel_sets, each in a fresh process with its environment."""
+    import os
+    import subprocess
+
+    from lowlevel import kernels
+
+    rows = []
+    for name, env in kernel_sets(kernels.cpu_flags()):
+        child = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA",
+                                                                  "TF_NUM_INTEROP_THREADS")}
+        argv = [sys.executable, "-m", "lowlevel.bench", "--kernel-row", "--batch-size", str(args.batch_size),
+                "--alpha", str(args.alpha), "--steps", str(args.steps), "--repeats", str(args.repeats),
+                "--precision", args.precision] + (["--quick"] if args.quick else [])
+        out = subprocess.run(argv, env={**child, **env}, capture_output=True, text=True)
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            raise RuntimeError(f"the kernel set {name!r} could not be timed: {last}")
+        rows.append({"name": name, "env": env, **json.loads(out.stdout.strip().splitlines()[-1])})
+    return rows
+
+
+def print_kernels(args) -> int:
+    rows = kernels_table(args)
+    flops = 6 * _madds(args.alpha)
+    ref = rows[0]["train_images_per_s"]
+    print(f"MobileNet v1, alpha {args.alpha:g}, batch {args.batch_size}, 32x32, {args.precision}, {args.steps} steps "
+          f"per timed call, best of {args.repeats}; each kernel set in a fresh process")
+    print(f"{'kernel set':<62s} {'kernels':<28s} {'matmul':>7s} {'train':>7s} {'% peak':>6s} {'vs 1st':>6s} "
+          f"{'Keras':>7s} {'ratio':>6s} {'infer':>7s} {'Keras':>7s}")
+    for r in rows:
+        share = 100 * flops * r["train_images_per_s"] / (r["matmul_gflops"] * 1e9)
+        print(f"{r['name']:<62s} {r['kernels']:<28s} {r['matmul_gflops']:7.1f} {r['train_images_per_s']:7.1f} "
+              f"{share:6.1f} {r['train_images_per_s'] / ref:5.2f}x {r['keras_train_images_per_s']:7.1f} "
+              f"{r['train_images_per_s'] / r['keras_train_images_per_s']:5.2f}x {r['infer_images_per_s']:7.1f} "
+              f"{r['keras_infer_images_per_s']:7.1f}")
+    print("(images/s; matmul: float32 GFLOP/s; % peak: training FLOPs against that set's matmul rate; Keras: "
+          "its steps alone, on the same kernels)")
+    print(json.dumps(rows))
+    return 0
+
+
+def _madds(alpha: float) -> int:
+    from lowlevel import summary
+    from lowlevel.nets.mobilenet import MobileNetV1
+
+    return summary.totals(summary.rows(MobileNetV1(alpha=alpha))).madds
+
+
 def parser() -> Parser:
     ap = Parser(prog="python -m lowlevel.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
@@ -391,6 +479,10 @@ def parser() -> Parser:
     ap.add_argument("--strategy", default="", choices=["", "mirrored"],
                     help="instead: training images/s under --strategy mirrored against one device")
     ap.add_argument("--replicas", type=int, default=2, help="with --strategy, on CPUs: logical devices (default 2)")
+    ap.add_argument("--kernels", action="store_true", help="instead: the training and inference steps under "
+                                                           "each kernel set (oneDNN, Eigen, AVX2, threads), each "
+                                                           "in a fresh process")
+    ap.add_argument("--kernel-row", action="store_true", help=argparse.SUPPRESS)  # one row of --kernels
     ap.add_argument("--exported", default="", help="instead: the latency and images/s of the models "
                                                    "python -m lowlevel.export wrote (its folder, or one file)")
     ap.add_argument("--threads", default="1,2", help="with --exported: thread counts to measure (default 1,2)")
@@ -413,6 +505,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.exported:
         return exported(args)
+    if args.kernels:
+        return print_kernels(args)
+    if args.kernel_row:
+        print(json.dumps(kernel_row(args.batch_size, args.alpha, args.steps, args.repeats, args.precision,
+                                    args.quick)))
+        return 0
 
     if args.profile:
         table, wall_ms = profile_by_op(args.batch_size, args.alpha, args.repeats, args.precision)
@@ -446,10 +544,9 @@ def main(argv: list[str] | None = None) -> int:
                           round(on, 2), "summaries_cost": round(1 - on / off, 5)}))
         return 0
 
-    from lowlevel import summary
-    from lowlevel.nets.mobilenet import MobileNetV1
+    from lowlevel import kernels
 
-    madds = summary.totals(summary.rows(MobileNetV1(alpha=args.alpha))).madds
+    madds = _madds(args.alpha)
     flops = 6 * madds  # training: forward 2 FLOPs per multiply-add, backward about twice that
     size, reps = (512, 2) if args.quick else (2048, 10)
     peak = matmul_gflops(size, reps, args.repeats)
@@ -466,10 +563,11 @@ def main(argv: list[str] | None = None) -> int:
         "infer_speedup_vs_keras": round(ours[1] / ref[2], 3),
         "matmul_gflops": round(peak, 1), "train_flops_per_image": flops,
         "compute_fraction": round(flops * ours[0] / (peak * 1e9), 3),
-        "pipeline_images_per_s": round(feed, 1),
+        "pipeline_images_per_s": round(feed, 1), "kernels": kernels.describe(),
     }
     if peak16:
         result[f"matmul_gflops_{args.precision}"] = round(peak16, 1)
+    print(kernels.line())
     print(f"MobileNet v1, alpha {args.alpha:g}, batch {args.batch_size}, 32x32, {args.precision}, {args.steps} steps "
           f"per timed call, best of {args.repeats}")
     print(f"{'':<24s} {'lowlevel':>12s} {'Keras':>12s} {'ratio':>8s}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlevel import runs
+from lowlevel import kernels, runs
 from lowlevel.config import Parser
 
 
@@ -49,6 +49,7 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
     from lowlevel.train import evaluator
 
     loaded = runs.load(checkpoint, best, data_path)
+    print(kernels.line())
     if loaded.note:
         print(loaded.note)
     data, prefix = loaded.data, loaded.prefix

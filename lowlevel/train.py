@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 from lowlevel._tf import tf
 
-from lowlevel import datasets, distribute, layers, optim, pipeline, runs
+from lowlevel import datasets, distribute, kernels, layers, optim, pipeline, runs
 from lowlevel.events import Events
 from lowlevel.config import Config, ConfigError
 from lowlevel.runs import RunError, WriteError
 
 HISTORY_FIELDS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                  "images_per_s", "elapsed_s"]
+                  "images_per_s", "elapsed_s", "kernels"]
 
 
 # ---------------------------------------------------------------- the math of a step
@@ -384,6 +384,8 @@ class Loop:
         self.events = Events(run, cfg.tensorboard and self.chief)
         print(f"run {run}: {self.train.n} training and {len(val_x)} validation images, {self.spe} steps per "
               f"epoch, {self.trainer.step} of {self.total} steps done", flush=True)
+        self.kernels = kernels.describe()
+        print(kernels.line(self.kernels), flush=True)
         if cfg.precision == "float16" and not tf.config.list_physical_devices("GPU"):
             print("note: float16 is for GPUs; on a CPU its convolutions fall back to slow kernels "
                   "(--precision bfloat16 is the CPU's 16-bit type)", flush=True)
@@ -499,7 +501,8 @@ class Loop:
         start = time.perf_counter()
         seen = int(t.epoch_seen.numpy())
         row = {"epoch": t.step // self.spe, "step": t.step, "train_loss": float(t.epoch_loss.numpy()) / seen,
-               "train_accuracy": int(t.epoch_correct.numpy()) / seen, "lr": lr, "images_per_s": images / seconds}
+               "train_accuracy": int(t.epoch_correct.numpy()) / seen, "lr": lr, "images_per_s": images / seconds,
+               "kernels": kernels.short(self.kernels)}
         val_loss, val_acc, _ = self.evaluate_val() if self.evaluate_val else (float("nan"), float("nan"), None)
         t.elapsed.assign_add(seconds + time.perf_counter() - start)
         row.update(val_loss=val_loss, val_accuracy=val_acc, elapsed_s=float(t.elapsed.numpy()))

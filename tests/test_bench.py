@@ -30,6 +30,7 @@ def test_quick_benchmark_prints_the_json_last(precision):
                              ("infer_images_per_s", "keras_infer_images_per_s", "infer_speedup_vs_keras")]:
         assert last[ratio] == pytest.approx(last[ours] / last[ref], rel=0.01)
     assert "training images/s" in result.stdout
+    assert result.stdout.startswith("kernels: ") and last["kernels"]["library"] in ("oneDNN", "Eigen")
     # Keras' steps alone are faster than whole fit calls, whose set-up they leave out
     assert last["keras_train_images_per_s"] > last["keras_fit_images_per_s"]
 
@@ -88,3 +89,23 @@ def test_strategy_benchmark_times_one_device_against_two_replicas():
     for key in ("default_images_per_s", "mirrored_images_per_s", "mirrored_no_sync_bn_images_per_s",
                 "gradient_all_reduce_ms"):
         assert last[key] > 0, key
+
+
+def test_one_kernel_row_and_the_kernels_table(monkeypatch, capsys):
+    """--kernel-row (what --kernels runs in each fresh process) prints one JSON row; --kernels lays the rows
+    out one per kernel set, ratios against the first and against Keras on the same kernels."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TF_ENABLE_ONEDNN_OPTS="0")
+    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--kernel-row", "--quick"], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["kernels"].startswith("Eigen:")  # the environment it was given
+    for key in ("matmul_gflops", "train_images_per_s", "infer_images_per_s", "keras_train_images_per_s"):
+        assert row[key] > 0, key
+    fake = [{"name": name, "env": e, **row, "train_images_per_s": 100.0 * (i + 1)}
+            for i, (name, e) in enumerate(bench.kernel_sets({"avx2", "fma", "avx512f"}))]
+    monkeypatch.setattr(bench, "kernels_table", lambda args: fake)
+    assert bench.main(["--kernels", "--quick"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines[2:2 + len(fake)]] == [r["name"] for r in fake]
+    assert " 2.00x " in lines[3] and json.loads(lines[-1]) == fake

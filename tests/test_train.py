@@ -30,6 +30,8 @@ def test_a_run_writes_its_folder_and_the_printed_evaluate_command_agrees(straigh
     assert (run / "ckpt-30.index").exists() and list((run / "best").glob("ckpt-*.index"))
     assert (run / "learning_curves.png").stat().st_size > 10_000
     assert "epoch   3/3" in out and "speed: " in out and " left" in out
+    assert out.splitlines()[1].startswith("kernels: ")  # the kernels, among the first lines
+    assert history.kernels.str.contains(":").all()  # and per epoch, e.g. oneDNN:avx2:2x2
     reported = float(out.split("test accuracy ")[1].split("%")[0])
     ev = run_printed(out.strip().splitlines()[-1], run.parent.parent, "evaluate with:")
     assert ev.returncode == 0, ev.stderr[-2000:]
