@@ -17,6 +17,7 @@ and runs Eigen's kernels elsewhere, such as on AVX2 laptops, where oneDNN trains
 this project's MobileNet about 3x as fast (docs/performance.md, "Kernels").
 `lowlevel.kernels` says which kernels run.
 """
+import contextlib
 import os
 import platform
 import sys
@@ -29,26 +30,38 @@ ONEDNN_SETTING = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 if ONEDNN_SETTING is None and platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86"):
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
 
-if os.environ.get("LOWLEVEL_TF_VERBOSE") == "1":
-    import tensorflow as tf
-else:
-    sys.stderr.flush()
-    _saved = os.dup(2)
-    with tempfile.TemporaryFile() as _log:
-        os.dup2(_log.fileno(), 2)
-        try:
-            import tensorflow as tf
 
-            tf.config.list_physical_devices()
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Run the block with file descriptor 2 pointed at a temporary file, which is written back to
+    stderr only if the block raises (TensorFlow's C++ core and its converters print there directly).
+    LOWLEVEL_TF_VERBOSE=1 leaves stderr alone."""
+    if os.environ.get("LOWLEVEL_TF_VERBOSE") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
         except BaseException:
-            _log.seek(0)
-            os.write(_saved, _log.read())
+            log.seek(0)
+            os.write(saved, log.read())
             raise
         finally:
-            os.dup2(_saved, 2)
-            os.close(_saved)
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+with quiet_stderr():
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()
+if os.environ.get("LOWLEVEL_TF_VERBOSE") != "1":
     # TensorFlow's Python warnings (e.g. about a partly restored checkpoint, which lowlevel
     # reports itself in one sentence)
     tf.get_logger().setLevel("ERROR")
 
-__all__ = ["tf"]
+__all__ = ["tf", "quiet_stderr"]

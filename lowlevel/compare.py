@@ -59,6 +59,10 @@ def configurations(text: str) -> list[tuple[str, str, float]]:
     return found
 
 
+class Refused(Exception):
+    """python -m lowlevel.train refused a run's settings and said why."""
+
+
 def train(name: str, model: str, alpha: float, args, extra: list[str]) -> Path:
     """Train (or continue, or just re-test) the run compare-<name>; returns its folder."""
     from lowlevel import train as trainer
@@ -72,6 +76,8 @@ def train(name: str, model: str, alpha: float, args, extra: list[str]) -> Path:
                   *(["--data", args.data] if args.data else []), *extra]
     print(f"--- {name}: python -m lowlevel.train {' '.join(words)}", flush=True)
     status = trainer.main(words)
+    if status == 2:  # a setting refused: train's one sentence says which
+        raise Refused
     if status != 0:
         raise runs.RunError(f"{run}: training stopped with status {status}; run the comparison again to continue it.")
     return run
@@ -83,11 +89,12 @@ def measure(name: str, model: str, alpha: float, run: Path, data_path: str) -> d
 
     from lowlevel._tf import tf
 
+    from lowlevel import history as history_file
     from lowlevel import pipeline, summary
     from lowlevel.train import evaluator
 
     loaded = runs.load(run, data_path=data_path)
-    history = pd.read_csv(run / "history.csv")
+    history = pd.DataFrame(history_file.read(run / "history.csv"))
     totals = summary.totals(summary.rows(loaded.model))
     test = pipeline.Batches(loaded.data.test_images, loaded.data.test_labels, loaded.normalization, 500)
     _, accuracy, _ = evaluator(loaded.model, test)()
@@ -137,7 +144,10 @@ def format_table(table) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
-    return runs.as_command("python -m lowlevel.compare", lambda: compare(args, extra))
+    try:
+        return runs.as_command("python -m lowlevel.compare", lambda: compare(args, extra))
+    except Refused:
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 from lowlevel.datasets import DATASETS
@@ -103,17 +104,21 @@ class Config:
     INVOCATION = ("checkpoint_dir", "run_name", "resume", "from_checkpoint", "max_steps", "progress", "strategy",
                   "sync_bn")
 
-    def check(self) -> "Config":
-        """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`)."""
+    def check(self, source: str = "") -> "Config":
+        """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`).
+        source: the config.json the settings came from, named in the sentence instead of a flag."""
+        def n(field: str) -> str:
+            return f"{source}: {field}" if source else f"--{_flag(field)}"
+
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"--{_flag(f.name)} must be a finite number, not {value}.")
+                raise ConfigError(f"{n(f.name)} must be a finite number, not {value}.")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "keep": self.keep, "steps_per_call": self.steps_per_call, "alpha": self.alpha}
         for name, value in positive.items():
             if not value > 0:
-                raise ConfigError(f"--{_flag(name)} must be greater than 0, not {value}.")
+                raise ConfigError(f"{n(name)} must be greater than 0, not {value}.")
         choices = {"model": tuple(NETS), "dataset": ("", *DATASETS), "optimizer": ("sgd", "adam"),
                    "schedule": ("cosine", "step"),
                    "precision": ("float32", "bfloat16", "float16"), "progress": ("auto", "bar", "none"),
@@ -121,7 +126,7 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 allowed = [a for a in allowed if a]
-                raise ConfigError(f"--{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                raise ConfigError(f"{n(name)} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
                                   f"not {getattr(self, name)!r}.")
         if self.strategy == "multi-worker" and not self.run_name:
             raise ConfigError("--strategy multi-worker needs --run-name, the same on every worker, so that all "
@@ -131,10 +136,15 @@ class Config:
                               f"{self.strategy}; use float32 or bfloat16.")
         for name in ("label_smoothing", "dropout", "momentum", "bn_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"--{_flag(name)} must be in [0, 1), not {getattr(self, name)}.")
+                raise ConfigError(f"{n(name)} must be in [0, 1), not {getattr(self, name)}.")
         for name in ("weight_decay", "warmup_epochs", "val_size", "max_steps", "cutout"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must not be negative, not {getattr(self, name)}.")
+                raise ConfigError(f"{n(name)} must not be negative, not {getattr(self, name)}.")
+        for field in ("data", "checkpoint_dir", "run_name"):
+            long = [part for part in Path(getattr(self, field)).parts if len(os.fsencode(part)) > 255]
+            if long:
+                raise ConfigError(f"{n(field)} has a name of {len(os.fsencode(long[0]))} bytes ({long[0][:20]}...); "
+                                  f"file systems allow at most 255 per folder or file name: use a shorter one.")
         name = self.run_name
         if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
             raise ConfigError(f"--run-name {name!r} must be a plain folder name, without a path separator and "
@@ -217,7 +227,7 @@ class Config:
                   "float": isinstance(v, (int, float)) and not isinstance(v, bool), "str": isinstance(v, str)}
             if not ok[kinds[k]]:
                 raise ConfigError(f"{path}: {k} is {v!r}, not a {kinds[k]}; the file was edited by hand or damaged.")
-        return cls(**{**cls.BEFORE_ADDED, **run})
+        return cls(**{**cls.BEFORE_ADDED, **run}).check(source=str(path))
 
     def resumed_with(self, given: "Config", explicit: set[str]) -> "Config":
         """This saved config, continued by the command `given` (whose explicit flags are `explicit`).

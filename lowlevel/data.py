@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except datasets.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path the system refuses, e.g. a name over 255 bytes
+        print(f"error: {e.filename}: {(e.strerror or str(e)).lower()}; check the path you gave.", file=sys.stderr)
+        return 2
     shape = "x".join(map(str, data.train_images.shape[1:]))
     print(f"{reader.find(args.dir)}: {len(data.train_images)} training and {len(data.test_images)} "
           f"test images of {shape}, loaded in {seconds:.2f} s")

@@ -49,6 +49,7 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
     from lowlevel.train import evaluator
 
     loaded = runs.load(checkpoint, best, data_path)
+    runs.check_writable(loaded.prefix.parent)  # the reports go beside the checkpoint: fail before the work
     print(kernels.line())
     if loaded.note:
         print(loaded.note)
@@ -64,6 +65,7 @@ def evaluate_exported(path: str, data_path: str = "", dataset: str = "", batch: 
     from lowlevel import datasets, export
 
     model = export.Exported(path)
+    runs.check_writable(model.path.parent)
     if model.kind == "tflite" and export.litert_notice():
         print(export.litert_notice())
     manifest = export.read_manifest(model.path.parent) or {}

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from lowlevel import runs
+from lowlevel._tf import quiet_stderr
 from lowlevel.config import Parser
 
 # format -> file or folder name in the export folder
@@ -141,6 +142,15 @@ def export(checkpoint: str, formats=ALL, out: str = "", best: bool = False, cali
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise runs.WriteError(folder, e) from None
+    # one export at a time into a folder; released at exit
+    held = runs.lock(folder, "exported into by", folder.with_name(f".{folder.name}.lock"))
+    try:
+        return _export(loaded, folder, formats, calibration)
+    finally:
+        held.close()
+
+
+def _export(loaded, folder: Path, formats, calibration: int) -> Path:
     module = deployed(loaded.model, loaded.normalization)
     images = None
     if any(f.startswith("tflite-int8") for f in formats):
@@ -151,7 +161,8 @@ def export(checkpoint: str, formats=ALL, out: str = "", best: bool = False, cali
             save_savedmodel(module, path)
         else:
             try:
-                flatbuffer = to_tflite(module, fmt, images)
+                with quiet_stderr():  # the converter's own log lines; shown if it fails
+                    flatbuffer = to_tflite(module, fmt, images)
             except runs.RunError:
                 raise
             except Exception as e:  # noqa: BLE001 - the converter raises many kinds; none leaves a file
@@ -170,10 +181,11 @@ def save_savedmodel(module, path: Path) -> None:
     from lowlevel._tf import tf
 
     tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
-    for leftover in (tmp, old):
+    for leftover in (tmp, old):  # a killed export's (the folder's lock keeps out a running one)
         shutil.rmtree(leftover, ignore_errors=True)
     try:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        with quiet_stderr():
+            tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         if path.exists():
             path.rename(old)
         try:
@@ -191,7 +203,10 @@ def save_savedmodel(module, path: Path) -> None:
 def write_manifest(folder: Path, loaded, formats, calibration: int) -> None:
     """export.json: what `evaluate --model` needs to find the test images, and where the files came from;
     formats exported earlier into the same folder stay listed."""
-    manifest = read_manifest(folder) or {}
+    try:
+        manifest = read_manifest(folder) or {}
+    except runs.RunError:  # damaged: rewritten from what is on disk
+        manifest = {"files": {f: name for f, name in FILES.items() if (folder / name).exists()}}
     cfg = loaded.config
     mean, std = loaded.normalization.values()
     manifest.update(run=str(loaded.run), checkpoint=str(loaded.prefix), model=cfg.model, alpha=cfg.alpha,
@@ -204,12 +219,28 @@ def write_manifest(folder: Path, loaded, formats, calibration: int) -> None:
     runs.write_text(folder / "export.json", json.dumps(manifest, indent=2) + "\n")
 
 
+# export.json's keys that readers use, and their types
+MANIFEST = {"files": dict, "dataset": str, "data": str, "split_seed": int, "label_names": list, "input_shape": list}
+
+
 def read_manifest(folder: Path) -> dict | None:
-    """The export.json of an export folder, or None if there is none (or it is unreadable)."""
-    try:
-        return json.loads((Path(folder) / "export.json").read_text())
-    except (OSError, ValueError):
+    """The export.json of an export folder, or None if there is none; RunError if it is damaged."""
+    path = Path(folder) / "export.json"
+    if not path.exists():
         return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise runs.RunError(f"{path}: cannot be read ({runs.first_line(e)}); export again with "
+                            f"python -m lowlevel.export.") from None
+    wrong = [k for k, kind in MANIFEST.items() if not isinstance(manifest, dict) or
+             not isinstance(manifest.get(k, kind()), kind) or isinstance(manifest.get(k), bool)]
+    if not wrong and not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.get("files", {}).items()):
+        wrong = ["files"]
+    if wrong:
+        raise runs.RunError(f"{path}: is damaged ({'not a JSON object' if not isinstance(manifest, dict) else wrong[0]} "
+                            f"is not what python -m lowlevel.export writes); export again.")
+    return manifest
 
 
 def size(path: Path) -> int:

@@ -144,10 +144,17 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
         print(loaded.note)
     model, data = loaded.model, loaded.data
     n = min(images, len(data.test_images))
-    if n < 1 or not 0 <= image < n:
-        raise ConfigError(f"--images must be at least 1 and --image between 0 and {n - 1}, not {images} and {image}.")
+    if images < 1:
+        raise ConfigError(f"--images must be at least 1, not {images}.")
+    if not 0 <= image < n:
+        raise ConfigError(f"--image must be between 0 and {n - 1} (one of the {n} images passed), not {image}.")
     layers = model.conv_layers()
     depthwise = [(name, conv) for name, conv, _ in layers if isinstance(conv, DepthwiseConv2D)]
+    if depthwise and not 0 <= block < len(depthwise) or not depthwise and block:
+        raise ConfigError(f"--block must be between 0 and {len(depthwise) - 1} (this network's depthwise "
+                          f"convolutions), not {block}." if depthwise else
+                          f"--block {block}: this network has no depthwise convolution to draw.")
+    runs.check_writable(loaded.prefix.parent if loaded.prefix.parent.name != "best" else loaded.run)
     tapped = tf.function(lambda x: model(x, training=False, taps="pre"))
     stats = {name: Accumulator(conv.out_channels) for name, conv, _ in layers}
     example = None

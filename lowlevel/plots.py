@@ -22,8 +22,10 @@ from lowlevel.config import Parser  # noqa: E402
 
 def learning_curves(run: str | Path) -> Path:
     """Loss and accuracy per epoch, train vs validation, from run/history.csv -> run/learning_curves.png."""
+    from lowlevel import history
+
     run = Path(run)
-    h = pd.read_csv(run / "history.csv")
+    h = pd.DataFrame(history.read(run / "history.csv"), columns=history.FIELDS)  # checked row by row
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(h.epoch, h.train_loss, label="train (with label smoothing)")
     ax_acc.plot(h.epoch, 100 * h.train_accuracy, label="train (augmented)")
@@ -211,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(learning_curves(run))
     except runs.WriteError as e:
-        print(f"error: {e}; free some space or fix the folder's permissions.", file=sys.stderr)
+        print(f"error: {e}; {runs.advice(e)}", file=sys.stderr)
+        return 2
+    except runs.RunError as e:  # a damaged history.csv
+        print(f"error: {e}; python -m lowlevel.train --resume sets a damaged history.csv aside and keeps its "
+              f"good rows.", file=sys.stderr)
         return 2
     return 0
 

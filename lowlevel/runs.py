@@ -24,6 +24,7 @@ import errno
 import fcntl
 import os
 import re
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -42,7 +43,21 @@ class WriteError(RunError):
     def __init__(self, path: Path, error: BaseException | str):
         self.path = Path(path)
         self.reason = error if isinstance(error, str) else reason(error)
+        self.errno = getattr(error, "errno", None)
         super().__init__(f"{path}: could not be written ({self.reason})")
+
+
+def advice(e: WriteError) -> str:
+    """What to do about a failed write, by its cause."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or "space" in e.reason.lower():
+        return "free some space and run the command again."
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "permission" in e.reason.lower():
+        return "make the folder writable, or write elsewhere, and run the command again."
+    if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return "a file stands where a folder is needed (or the other way round): move it away and run again."
+    if e.errno == errno.ENAMETOOLONG:
+        return "use a shorter name."
+    return "fix the cause and run the command again."
 
 
 def reason(e: BaseException) -> str:
@@ -72,7 +87,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     names `path` and the reason (e.g. "No space left on device").
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # one per writer
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -84,20 +99,33 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         raise WriteError(path, e) from None
 
 
+def check_writable(folder: Path) -> None:
+    """WriteError now, before any work, if a file cannot be created in `folder` (a probe file is made
+    and removed: permissions alone do not tell, e.g. for root or a read-only mount)."""
+    probe = Path(folder) / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as e:
+        raise WriteError(folder, e) from None
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 # ---------------------------------------------------------------- one writer
 
-def lock(run: Path):
-    """Hold an exclusive lock on `run` for the life of this process; RunError if another holds it.
+def lock(run: Path, doing: str = "trained by", path: Path | None = None):
+    """Hold an exclusive lock on `run` for the life of this process; RunError if another holds it
+    ("... is being {doing} another process"; export: "exported into by").  path: the lock file
+    (default run/.lock; an export folder's is beside it, so the folder holds only what was exported).
 
     `fcntl.flock` on run/.lock: the kernel drops the lock when its process ends,
     however it ends (SIGKILL included), so a killed run never blocks its --resume.
     Returns the open lock file, which must stay referenced while training.
     """
-    path = Path(run) / ".lock"
+    path = Path(path or Path(run) / ".lock")
     try:
         f = open(path, "a+")
     except OSError as e:
@@ -110,8 +138,8 @@ def lock(run: Path):
         f.close()
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise WriteError(path, e) from None
-        raise RunError(f"{run}: is being trained by another process (id {pid}); wait for it to end, or stop it "
-                       f"(kill {pid}), before training this run.") from None
+        raise RunError(f"{run}: is being {doing} another process (id {pid}); wait for it to end, or stop it "
+                       f"(kill {pid}), and run the command again.") from None
     try:
         f.seek(0)
         f.truncate()
@@ -201,87 +229,110 @@ def intact(run: Path, before: int | None = None) -> list[Path]:
 
 def set_aside_after(run: Path, step: int) -> Path | None:
     """Move every checkpoint of `run` and run/best later than `step` into run/set-aside-<time>/,
-    and drop them from TensorFlow's `checkpoint` lists.  Returns that folder, or None if nothing moved.
+    and list in each folder's `checkpoint` file the ones left.  Returns that folder, or None if
+    nothing moved.
 
     For `--from-checkpoint`: the run goes back to `step`, so later checkpoints belong to a
-    future it will recompute; they are kept (a user may still want them), not deleted.
+    future it will recompute; they are kept (a user may still want them), not deleted.  A
+    damaged `checkpoint` file is moved there too, and a new one written from the files on disk.
     """
-    moved_to = None
+    moved_to = run / time.strftime("set-aside-%Y%m%d-%H%M%S")
+    moved = False
     for folder in (run, run / "best"):
-        later = [p for p in checkpoints_in(folder) if step_of(p) > step]
-        if not later:
-            continue
-        if moved_to is None:
-            moved_to = run / time.strftime("set-aside-%Y%m%d-%H%M%S")
         dest = moved_to / folder.relative_to(run)
+        later = [f for p in checkpoints_in(folder) if step_of(p) > step for f in p.parent.glob(f"{p.name}.*")]
         try:
-            dest.mkdir(parents=True, exist_ok=True)
-            for prefix in later:
-                for f in prefix.parent.glob(f"{prefix.name}.*"):
-                    shutil.move(str(f), dest / f.name)
+            read_state(folder)
+        except DamagedState:
+            later.append(folder / "checkpoint")
+        try:
+            for f in later:
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(f), dest / f.name)
         except OSError as e:
             raise WriteError(dest, e) from None
-        _keep_in_state(folder, step)
-    return moved_to
+        moved = moved or bool(later)
+        _write_state(folder, [p for p in checkpoints_in(folder) if step_of(p) <= step and
+                              Path(f"{p}.index").is_file()])
+    return moved_to if moved else None
 
 
-def _keep_in_state(folder: Path, step: int) -> None:
-    """Rewrite folder/checkpoint without the checkpoints after `step` (timestamps kept, names relative)."""
+def _write_state(folder: Path, prefixes: list[Path]) -> None:
+    """folder/checkpoint listing `prefixes` (oldest first, the newest as the latest), as TensorFlow writes it."""
     from google.protobuf import text_format
+    from tensorflow.python.checkpoint import checkpoint_management
 
-    from lowlevel._tf import tf
-
-    state = tf.train.get_checkpoint_state(str(folder))
-    if state is None:
-        return
-    pairs = list(zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps or
-                     [state.last_preserved_timestamp] * len(state.all_model_checkpoint_paths)))
-    kept = [(os.path.basename(p), t) for p, t in pairs if step_of(p) <= step]
     path = folder / "checkpoint"
-    if not kept:
-        try:
-            path.unlink()
-        except OSError as e:
-            raise WriteError(path, e) from None
+    prefixes = sorted(prefixes, key=step_of)
+    if not prefixes:
+        if path.is_file():
+            try:
+                path.unlink()
+            except OSError as e:
+                raise WriteError(path, e) from None
         return
-    del state.all_model_checkpoint_paths[:]
-    del state.all_model_checkpoint_timestamps[:]
-    state.all_model_checkpoint_paths.extend(p for p, _ in kept)
-    state.all_model_checkpoint_timestamps.extend(t for _, t in kept)
-    state.model_checkpoint_path = kept[-1][0]
+    times = [Path(f"{p}.index").stat().st_mtime for p in prefixes]
+    state = checkpoint_management.generate_checkpoint_state_proto(
+        str(folder), str(prefixes[-1]), [str(p) for p in prefixes], all_model_checkpoint_timestamps=times,
+        last_preserved_timestamp=times[0])
+    del state.all_model_checkpoint_paths[:]  # names relative to the folder, so the run can move
+    state.all_model_checkpoint_paths.extend(p.name for p in prefixes)
+    state.model_checkpoint_path = prefixes[-1].name
     write_text(path, text_format.MessageToString(state))
 
 
-def check_state_file(folder: Path) -> None:
-    """Refuse a folder whose checkpoints exist but whose `checkpoint` list naming the latest is unreadable.
+class DamagedState(RunError):
+    """A `checkpoint` file (TensorFlow's list of a folder's checkpoints) that is missing or cannot be parsed
+    although checkpoints are there; `intact` lists the checkpoints on disk that pass `verify`, newest first."""
 
-    (`tf.train.latest_checkpoint` would answer None and a resume would silently start
-    again from scratch: tensorflow/tensorflow#35148.)
+    def __init__(self, path: Path, problem: str, intact: list[Path]):
+        self.path, self.problem, self.intact = Path(path), problem, intact
+        super().__init__(f"{path}: {problem}")
+
+
+def read_state(folder: Path):
+    """The CheckpointState of folder/checkpoint, parsed strictly; None when the folder holds no checkpoint.
+
+    TensorFlow's own reader (`tf.train.get_checkpoint_state`) answers None for a file it cannot parse,
+    and a resume would then start again from scratch (tensorflow/tensorflow#35148).  Here a missing,
+    unparsable or empty list beside checkpoint files is a DamagedState naming the intact ones.
     """
-    if not checkpoints_in(folder):
-        return
-    state = folder / "checkpoint"
+    from google.protobuf import text_format
+    from tensorflow.python.checkpoint import checkpoint_management
+
+    folder = Path(folder)
+    path = folder / "checkpoint"
+    if not path.exists() and not checkpoints_in(folder):
+        return None
     try:
-        ok = re.search(r'^model_checkpoint_path: "[^"]+"$', state.read_text(), re.MULTILINE) is not None
-    except (OSError, UnicodeDecodeError):
-        ok = False
-    if not ok:
-        raise RunError(f"{state}: the checkpoint list is missing or unreadable although checkpoints exist; "
-                       f"restore it (it names the latest ckpt-N) before resuming.")
+        state = text_format.Parse(path.read_text(), checkpoint_management.CheckpointState())
+        problem = "" if state.model_checkpoint_path else "names no latest checkpoint"
+    except FileNotFoundError:
+        problem = "is missing"
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        problem = f"cannot be read ({first_line(e)})"
+    if problem:
+        run = folder.parent if folder.name == "best" else folder
+        raise DamagedState(path, f"the list of checkpoints {problem}, although checkpoints are there",
+                           intact(run))
+    return state
+
+
+def check_state_file(folder: Path) -> None:
+    """Refuse a folder whose `checkpoint` list is damaged although checkpoints exist (see read_state)."""
+    read_state(folder)
 
 
 def latest(folder: Path) -> Path | None:
     """The checkpoint `folder/checkpoint` names as the latest (its files not checked), or None."""
-    from lowlevel._tf import tf
-
-    check_state_file(folder)
-    state = tf.train.get_checkpoint_state(str(folder))
+    state = read_state(folder)
     return Path(folder) / os.path.basename(state.model_checkpoint_path) if state else None
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:160]
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message in one line: whitespace collapsed, cut at a word boundary past `limit`."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def instead(e: DamagedCheckpoint, command: str) -> str:
@@ -300,6 +351,7 @@ def instead(e: DamagedCheckpoint, command: str) -> str:
 def as_command(command: str, call: Callable[[], object]) -> int:
     """Run call() for the command `command` (e.g. "python -m lowlevel.evaluate"): a problem with the
     user's files or flags becomes one sentence on stderr and exit status 2, with the way out."""
+    import shlex
     import sys
 
     from lowlevel.datasets import DataError
@@ -309,12 +361,23 @@ def as_command(command: str, call: Callable[[], object]) -> int:
         return 0
     except DamagedCheckpoint as e:
         message = f"{e}; {instead(e, command)}"
+    except DamagedState as e:
+        run = e.path.parent.parent if e.path.parent.name == "best" else e.path.parent
+        message = f"{e}; " + (f"the intact ones are {names(e.intact, run)}: use one with {command} --checkpoint "
+                              f"{shlex.quote(str(e.intact[0]))}" if e.intact else "none of them is intact.")
     except WriteError as e:
-        message = f"{e}; free some space or fix the folder's permissions."
+        message = f"{e}; {advice(e)}"
     except (RunError, ConfigError, DataError) as e:
         message = str(e)
+    except OSError as e:  # a path the system refuses (a name too long, a file where a folder should be)
+        message = path_error(e)
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def path_error(e: OSError) -> str:
+    """An OSError about a path the user gave, as one sentence."""
+    return f"{e.filename}: {(e.strerror or str(e)).lower()}; check the path you gave."
 
 
 def names(prefixes: list[Path], run: Path) -> str:
@@ -328,6 +391,8 @@ def names(prefixes: list[Path], run: Path) -> str:
 def locate(path: str | Path, best: bool = False) -> tuple[Path, Path]:
     """(run folder, checkpoint prefix) for a run folder (its latest, or best, checkpoint) or one prefix."""
     p = Path(path)
+    if p.is_dir() and p.name == "best" and (p.parent / "config.json").is_file():
+        p, best = p.parent, True  # a run's best/ folder: its best checkpoint
     if p.is_dir():
         folder = p / "best" if best else p
         prefix = latest(folder)

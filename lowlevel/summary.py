@@ -127,10 +127,10 @@ def parser() -> Parser:
     p.add_argument("--model", default="mobilenet", choices=list(NETS), metavar="NAME",
                    help="the network: " + ", ".join(NETS) + " (default mobilenet)")
     p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
-    p.add_argument("--input-size", type=int, default=0, help="image side in pixels (default: the network's own, "
+    p.add_argument("--input-size", type=int, default=None, help="image side in pixels (default: the network's own, "
                                                               "32 for MobileNet; from 128 up MobileNet uses the "
                                                               "ImageNet stem, stride 2)")
-    p.add_argument("--classes", type=int, default=0, help="number of classes (default: the network's own)")
+    p.add_argument("--classes", type=int, default=None, help="number of classes (default: the network's own)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--standard", action="store_true", help="MobileNet with full 3x3 convolutions (the same "
                                                                "as --model mobilenet-standard)")
@@ -147,9 +147,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def build(name):
         h, w, c = NETS[name].input_shape
-        shape = (args.input_size, args.input_size, c) if args.input_size else (h, w, c)
-        return nets.build(name, shape, args.classes or None, alpha=args.alpha)
+        shape = (args.input_size, args.input_size, c) if args.input_size is not None else (h, w, c)
+        return nets.build(name, shape, args.classes, alpha=args.alpha)
     try:
+        if not (math.isfinite(args.alpha) and args.alpha > 0):
+            raise ValueError(f"--alpha must be a finite number above 0, not {args.alpha}.")
+        for flag, value in (("--input-size", args.input_size), ("--classes", args.classes)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be at least 1, not {value}.")
         if args.compare:
             separable = name if name in TWINS else {v: k for k, v in TWINS.items()}.get(name)
             if separable is None:

@@ -22,9 +22,7 @@ checked to be finite before it is saved.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import shlex
 import shutil
 import signal
@@ -37,14 +35,10 @@ from pathlib import Path
 import numpy as np
 from lowlevel._tf import tf
 
-from lowlevel import datasets, distribute, kernels, layers, optim, pipeline, runs
+from lowlevel import datasets, distribute, history, kernels, layers, optim, pipeline, runs
 from lowlevel.events import Events
 from lowlevel.config import Config, ConfigError
 from lowlevel.runs import RunError, WriteError
-
-HISTORY_FIELDS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                  "images_per_s", "elapsed_s", "kernels"]
-
 
 # ---------------------------------------------------------------- the math of a step
 
@@ -256,20 +250,26 @@ def open_run(cfg: Config, run: Path):
     return held
 
 
-def read_history(path: Path, epochs_done: int) -> list[dict]:
-    """history.csv's rows for the epochs a checkpoint covers (a crash may have left one more)."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs_done]
+def read_history(run: Path, epochs_done: int) -> list[dict]:
+    """history.csv's rows for the epochs a checkpoint covers (a crash may have left one more).
 
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    text = io.StringIO()
-    w = csv.DictWriter(text, HISTORY_FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    runs.write_text(path, text.getvalue())
+    A damaged file is moved into run/set-aside-<time>/ (not deleted), and its good rows before the
+    damage are kept, with a note: the run goes on, and the rows can still be recovered by hand.
+    """
+    path = run / "history.csv"
+    try:
+        rows = history.read(path)
+    except history.DamagedHistory as e:
+        rows = e.rows
+        aside = run / time.strftime("set-aside-%Y%m%d-%H%M%S")
+        try:
+            aside.mkdir(exist_ok=True)
+            shutil.move(str(path), aside / path.name)
+        except OSError as err:
+            raise WriteError(aside / path.name, err) from None
+        print(f"note: {e}; it was moved to {aside / path.name} and its {len(rows)} good rows before the damage "
+              f"kept", flush=True)
+    return [r for r in rows if r["epoch"] <= epochs_done]
 
 
 def command(run: Path, *extra: str) -> str:
@@ -375,8 +375,8 @@ class Loop:
         self.total = cfg.epochs * self.spe
         self.limit = min(self.total, cfg.max_steps) if cfg.max_steps else self.total
         self.history_path = self.out / "history.csv"
-        self.history = read_history(run / "history.csv", self.trainer.step // self.spe)
-        write_history(self.history_path, self.history)
+        self.history = read_history(run, self.trainer.step // self.spe)
+        history.write(self.history_path, self.history)
         val = pipeline.Batches(val_x, val_y, norm, 500)
         self.evaluate_val = evaluator(self.trainer.model, val) if len(val_x) else None
         self.bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
@@ -393,14 +393,22 @@ class Loop:
     def restore(self) -> None:
         """Continue from --from-checkpoint, or from the latest checkpoint, after verifying it."""
         cfg, run = self.cfg, self.run
-        runs.check_state_file(run)
-        if cfg.from_checkpoint:
+        if cfg.from_checkpoint:  # the checkpoint lists are rewritten below (runs.set_aside_after)
             prefix = run / cfg.from_checkpoint
             if prefix.parent not in (run, run / "best") or runs.step_of(prefix) < 0:
                 raise RunError(f"--from-checkpoint {cfg.from_checkpoint}: name a checkpoint of the run, such as "
                                f"ckpt-20 or best/ckpt-20 (its files are {run}/ckpt-20.index and .data-*).")
         else:
-            prefix = runs.latest(run)
+            try:
+                prefix = runs.latest(run)
+                runs.read_state(run / "best")
+            except runs.DamagedState as e:
+                if not e.intact:
+                    raise RunError(f"{e}; none of them is intact, so the run cannot be continued: start a new "
+                                   f"run with another --run-name.") from None
+                name = str(e.intact[0].relative_to(run))
+                raise RunError(f"{e}; the intact ones are {runs.names(e.intact, run)}: continue from the newest "
+                               f"with: {command(run, '--from-checkpoint', name)}") from None
             if prefix is None:
                 return  # stopped before its first save: start from the beginning
         try:
@@ -414,11 +422,17 @@ class Loop:
             raise RunError(f"{e}; the older checkpoints {runs.names(older, run)} are intact: continue from the "
                            f"newest with: {command(run, '--from-checkpoint', name)}") from None
         saved_norm = runs.has_normalization(prefix)
+        fresh = self.train.norm.values()  # of the images --data holds; the restore puts the saved ones in
         try:
             self.trainer.checkpoint(saved_norm).read(str(prefix)).assert_existing_objects_matched().expect_partial()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             raise RunError(f"{prefix}: cannot be restored into this run's model ({runs.first_line(e)}); "
                            f"it is from another configuration.") from None
+        if saved_norm and not np.allclose(fresh, self.train.norm.values(), rtol=1e-6, atol=0):
+            mean = ", ".join(f"{v:.4f}" for v in self.train.norm.values()[0])
+            raise RunError(f"--data {cfg.data or 'data'}: holds other images than the run was trained on (their "
+                           f"per-channel mean is {', '.join(f'{v:.4f}' for v in fresh[0])}, the run's {mean}, "
+                           f"saved in {prefix.name}); give --data the data set the run was made with.")
         if not saved_norm:
             print(f"note: {prefix} predates saved normalization statistics: recomputed from the training "
                   f"images, as that run did", flush=True)
@@ -473,6 +487,8 @@ class Loop:
                     f"the training loss became {loss} by step {t.step}; the last good checkpoint "
                     f"({self.manager.latest_checkpoint or 'none yet'}) is kept: start a new run with a lower --lr.")
             if clock.calls == clock.ESTIMATE_AFTER and t.step < self.limit:
+                if self.bar:
+                    print(file=sys.stderr, flush=True)  # the estimate on a line of its own, not inside the bar's
                 self.estimate(clock.seconds_per_step(t.step))
             if self.bar:
                 acc = int(t.epoch_correct.numpy()) / max(seen, 1)
@@ -512,7 +528,7 @@ class Loop:
         if improved:
             t.best_val_accuracy.assign(val_acc)
         self.history.append(row)
-        write_history(self.history_path, self.history)  # before the save: a crash between them repeats the
+        history.write(self.history_path, self.history)  # before the save: a crash between them repeats the
         self.save(on_best=improved)  # epoch, and read_history drops the row the checkpoint does not cover
         self.plot()
         if self.events.writer is not None:
@@ -593,16 +609,17 @@ def peer_lost(cfg: Config, run: Path, step: int) -> int:
     return 1
 
 
-def after_write_error(cfg: Config, run: Path | None) -> str:
+def after_write_error(e: WriteError, run: Path | None) -> str:
     """What to do after a failed write: the run's checkpoints are intact, so say how to continue."""
+    fix = runs.advice(e).removesuffix(" and run the command again.").removesuffix(" and run again.").rstrip(".")
     if run is None or not (run / "config.json").is_file():
-        return "free some space (or fix the folder's permissions) and run the command again."
+        return runs.advice(e)
     try:
         last = runs.latest(run)
     except RunError:
         last = None
     kept = f"its last checkpoint, {last.name}, is intact" if last else "it has no checkpoint yet"
-    return f"the run stopped and {kept}: free some space (or fix permissions), then continue with: {command(run)}"
+    return f"the run stopped and {kept}: {fix}, then continue with: {command(run)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,10 +638,13 @@ def main(argv: list[str] | None = None) -> int:
         with open_run(cfg, run):
             return fit(cfg, run, data, strategy)
     except WriteError as e:
-        print(f"error: {e}; {after_write_error(cfg, run)}", file=sys.stderr)
+        print(f"error: {e}; {after_write_error(e, run)}", file=sys.stderr)
         return 2
     except (ConfigError, RunError, datasets.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the system refuses, e.g. a name over 255 bytes in --data
+        print(f"error: {runs.path_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C
         print("stopped at once, without saving; --resume continues from the last checkpoint.", file=sys.stderr)

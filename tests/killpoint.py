@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lowlevel._tf import tf
-from lowlevel import plots, runs, train  # noqa: F401 - plots: so its os.replace is the one patched
+from lowlevel import history, plots, runs, train  # noqa: F401 - plots: so its os.replace is the one patched
 
 # the end of an epoch:  validate -> history.csv -> best save -> latest save -> learning_curves.png
 POINTS = {
@@ -68,7 +68,7 @@ def main(point: str, target: int, args: list[str]) -> int:
             reached("before-sweep")
         return sweep(self)
 
-    write_history = train.write_history
+    write_history = history.write
 
     def patched_write_history(path, rows):
         write_history(path, rows)
@@ -83,7 +83,7 @@ def main(point: str, target: int, args: list[str]) -> int:
         return replace(src, dst)
 
     Manager.save, Manager._record_state, Manager._sweep = patched_save, patched_record, patched_sweep
-    train.write_history = patched_write_history
+    history.write = patched_write_history
     os.replace = patched_replace
     status = train.main(args)
     return 3 if status == 0 else status

@@ -76,7 +76,7 @@ def test_inspect_a_run(tmp_path, straight, cli):
 def test_inspect_errors_are_one_sentence(tmp_path, straight, cli):
     one_error(*cli("inspect", tmp_path, "--checkpoint", tmp_path / "nowhere")[::2], "is neither a run folder")
     one_error(*cli("inspect", tmp_path, "--checkpoint", straight[0], "--image", "40", "--images", "30")[::2],
-              "--image between 0 and 29")
+              "--image must be between 0 and 29")
 
 
 def test_graph_writes_the_training_step_and_counts_its_ops(tmp_path, straight, cli):

@@ -263,7 +263,7 @@ def test_an_existing_run_and_a_resume_that_would_change_it_are_refused(tmp_path,
     one_error(*cli("train", tmp_path, "--run-name", "nope", "--resume")[::2], "is not a run folder")
     (tmp_path / "checkpoints" / "x" / "checkpoint").write_text("garbage {{{")
     one_error(*cli("train", tmp_path, "--run-name", "x", "--resume")[::2],
-              "checkpoint list is missing or unreadable")
+              "the list of checkpoints cannot be read", "--from-checkpoint ckpt-2")
 
 
 def test_label_smoothed_cross_entropy_is_keras_categorical_crossentropy():

@@ -43,6 +43,9 @@ ROW_LENGTH = 32 * 32 * 3
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE = "cifar-10-python.tar.gz"
+# an official batch file is 31,035,704 bytes (10,000 rows of 3,072 pixels, labels, file names); twice
+# that bounds any encoding of it, and stops a huge file from being read into memory
+MAX_BYTES = 64 * 2**20
 MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
@@ -202,6 +205,9 @@ def _quiet():
 def read_pickle(path: Path) -> dict[str, object]:
     """Unpickle `path` with `_SafeUnpickler`; return the dict with str keys."""
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise DataError(f"{path}: is {path.stat().st_size:,} bytes, more than any CIFAR-10 batch file (about "
+                            f"31 MB); it is not one: download CIFAR-10 again.")
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror}); check the file's permissions.") from None

@@ -9,6 +9,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
@@ -20,6 +21,9 @@ from lowlevel.datasets import DataError
 def fetch(url: str, dest: Path, md5: str, progress: bool = True) -> None:
     """Stream `url` into `dest` and check its MD5; a failure is a DataError and deletes `dest`."""
     digest = hashlib.md5()
+    if urllib.parse.urlparse(url).scheme not in ("http", "https", "ftp", "file"):
+        raise DataError(f"--url {url!r}: is not an address lowlevel can download from; give one starting with "
+                        f"https:// (or http://, ftp://, file://).")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0)
