@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from lowlevel import runs
+from lowlevel import errors, runs
 from lowlevel.config import ConfigError, Parser
 from lowlevel.nets import NETS
 
@@ -91,7 +91,7 @@ def measure(name: str, model: str, alpha: float, run: Path, data_path: str) -> d
 
     from lowlevel import history as history_file
     from lowlevel import pipeline, summary
-    from lowlevel.train import evaluator
+    from lowlevel.step import evaluator
 
     loaded = runs.load(run, data_path=data_path)
     history = pd.DataFrame(history_file.read(run / "history.csv"))
@@ -145,7 +145,7 @@ def format_table(table) -> str:
 def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
     try:
-        return runs.as_command("python -m lowlevel.compare", lambda: compare(args, extra))
+        return errors.as_command("python -m lowlevel.compare", lambda: compare(args, extra))
     except Refused:
         return 2
 

@@ -23,11 +23,8 @@ import os
 from pathlib import Path
 
 from lowlevel.datasets import DATASETS
+from lowlevel.errors import ConfigError
 from lowlevel.nets import NETS
-
-
-class ConfigError(ValueError):
-    """A bad flag or config.json, told in one sentence."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,42 +34,51 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; `{self.prog} --help` lists the flags.\n")
 
 
-def _f(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
+RUN, ADJUSTABLE, INVOCATION = "run", "adjustable", "invocation"  # the kinds of field (module docstring)
+
+
+def _f(default, help: str, kind: str = RUN, choices: tuple = ()):
+    """A field: its default, its help (the flag's), its kind, and the values allowed (if a list)."""
+    return dataclasses.field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     # where things are
     data: str = _f("", "the data set's folder (e.g. cifar-10-batches-py) or its parent; empty: data/, "
-                       "downloaded there if missing")
-    checkpoint_dir: str = _f("checkpoints", "folder holding one folder per run")
+                       "downloaded there if missing", kind=ADJUSTABLE)
+    checkpoint_dir: str = _f("checkpoints", "folder holding one folder per run", kind=INVOCATION)
     run_name: str = _f("", "the run's folder in --checkpoint-dir; empty: a new timestamped name "
-                           "(with --resume: the most recent run)")
-    resume: bool = _f(False, "continue the run in --run-name exactly where its last checkpoint left it")
+                           "(with --resume: the most recent run)", kind=INVOCATION)
+    resume: bool = _f(False, "continue the run in --run-name exactly where its last checkpoint left it",
+                        kind=INVOCATION)
     from_checkpoint: str = _f("", "with --resume: continue from this checkpoint of the run (ckpt-N or "
-                                  "best/ckpt-N) instead of the latest; later ones are moved to a set-aside folder")
+                                  "best/ckpt-N) instead of the latest; later ones are moved to a set-aside folder",
+                        kind=INVOCATION)
     # the schedule
     epochs: int = _f(150, "passes over the training images")
     batch_size: int = _f(128, "images per training step")
-    optimizer: str = _f("sgd", "sgd (with Nesterov momentum) or adam")
+    optimizer: str = _f("sgd", "sgd (with Nesterov momentum) or adam", choices=("sgd", "adam"))
     lr: float = _f(0.1, "peak learning rate, reached after the warmup")
     momentum: float = _f(0.9, "SGD momentum (Adam: beta_1)")
     weight_decay: float = _f(5e-4, "L2 weight decay on convolution and classifier kernels (Adam: decoupled)")
     warmup_epochs: float = _f(1.0, "epochs of linear learning-rate warmup from 0")
-    schedule: str = _f("cosine", "after warmup: cosine (to 0) or step (x0.1 at 50%% and 75%% of the epochs)")
+    schedule: str = _f("cosine", "after warmup: cosine (to 0) or step (x0.1 at 50%% and 75%% of the epochs)",
+                        choices=("cosine", "step"))
     label_smoothing: float = _f(0.1, "weight of the uniform distribution mixed into the one-hot targets")
     # the model
     model: str = _f("mobilenet", "the network, one of: " + ", ".join(NETS) + " (python -m lowlevel.summary "
-                                 "--model NAME shows its layers)")
+                                 "--model NAME shows its layers)", choices=tuple(NETS))
     alpha: float = _f(1.0, "width multiplier: a layer of C channels gets max(8, int(alpha * C))")
     dropout: float = _f(0.0, "dropout rate of the network's dropout layers (MobileNet: before the classifier); "
                              "default: the network's own (0.5 for alexnet and vgg16, else 0)")
     bn_momentum: float = _f(0.99, "batch-norm moving-average momentum")
     precision: str = _f("float32", "float32, or mixed precision with the 1x1 convolutions in bfloat16 (CPUs with "
-                                   "AVX512-BF16, recent GPUs) or float16 (GPUs; with dynamic loss scaling)")
+                                   "AVX512-BF16, recent GPUs) or float16 (GPUs; with dynamic loss scaling)",
+                        choices=("float32", "bfloat16", "float16"))
     # the data
-    dataset: str = _f("", "the data set: " + ", ".join(DATASETS) + "; empty: the one the model was designed for")
+    dataset: str = _f("", "the data set: " + ", ".join(DATASETS) + "; empty: the one the model was designed for",
+                        choices=("", *DATASETS))
     augment: bool = _f(True, "random 4-pixel-padded crop and horizontal flip of training images")
     cutout: int = _f(16, "side in pixels of the random square zeroed in each training image after "
                          "normalization, i.e. set to the mean colour (0: no cutout)")
@@ -82,27 +88,26 @@ class Config:
                             "(flowers17); saved with the run, so the split is too")
     # bookkeeping
     keep: int = _f(3, "recent checkpoints to keep (the best is kept besides)")
-    steps_per_call: int = _f(10, "training steps per call of the compiled step (fewer Python round trips)")
+    steps_per_call: int = _f(10, "training steps per call of the compiled step (fewer Python round trips)",
+                        kind=ADJUSTABLE)
     max_steps: int = _f(0, "stop, saving a checkpoint, once the run has done this many steps in all (0: no "
-                           "limit); a limit of this command only, not saved with the run")
-    progress: str = _f("auto", "a progress bar within each epoch: auto (when stderr is a terminal), bar or none")
+                           "limit); a limit of this command only, not saved with the run", kind=INVOCATION)
+    progress: str = _f("auto", "a progress bar within each epoch: auto (when stderr is a terminal), bar or none",
+                        kind=INVOCATION, choices=("auto", "bar", "none"))
     strategy: str = _f("default", "default (one device), mirrored (every visible GPU: tf.distribute."
                                   "MirroredStrategy) or multi-worker (several machines named by TF_CONFIG: "
                                   "MultiWorkerMirroredStrategy); --batch-size stays the global batch, split among "
-                                  "the replicas")
+                                  "the replicas",
+                        kind=INVOCATION, choices=("default", "mirrored", "multi-worker"))
     sync_bn: bool = _f(True, "with several replicas, each batch norm normalizes with the global batch's statistics "
-                             "(one all-reduce per layer; --no-sync-bn: each replica with its own slice's)")
+                             "(one all-reduce per layer; --no-sync-bn: each replica with its own slice's)",
+                        kind=INVOCATION)
     tensorboard: bool = _f(True, "write TensorBoard event files into the run's tensorboard/ folder "
-                                 "(view them with: tensorboard --logdir checkpoints)")
+                                 "(view them with: tensorboard --logdir checkpoints)", kind=ADJUSTABLE)
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not today's default.
     BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0}
-    # Saved with the run, but a --resume may change them: they do not change what is computed.
-    ADJUSTABLE = ("data", "steps_per_call", "tensorboard")
-    # Choices of one command, not of the run: never written to config.json nor read from it.
-    INVOCATION = ("checkpoint_dir", "run_name", "resume", "from_checkpoint", "max_steps", "progress", "strategy",
-                  "sync_bn")
 
     def check(self, source: str = "") -> "Config":
         """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`).
@@ -119,10 +124,7 @@ class Config:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{n(name)} must be greater than 0, not {value}.")
-        choices = {"model": tuple(NETS), "dataset": ("", *DATASETS), "optimizer": ("sgd", "adam"),
-                   "schedule": ("cosine", "step"),
-                   "precision": ("float32", "bfloat16", "float16"), "progress": ("auto", "bar", "none"),
-                   "strategy": ("default", "mirrored", "multi-worker")}
+        choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(self) if f.metadata["choices"]}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 allowed = [a for a in allowed if a]
@@ -249,3 +251,9 @@ class Config:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+# Saved with the run, but a --resume may change them: they do not change what is computed.
+Config.ADJUSTABLE = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["kind"] == ADJUSTABLE)
+# Choices of one command, not of the run: never written to config.json nor read from it.
+Config.INVOCATION = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["kind"] == INVOCATION)

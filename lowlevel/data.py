@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from lowlevel import datasets
+from lowlevel import datasets, errors
 from lowlevel.config import Parser
 
 
@@ -34,29 +34,24 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    return errors.as_command(f"python -m lowlevel.data {args.command}", lambda: run(args))
 
-    try:
-        reader = datasets.reader(args.dataset)
-        if args.command == "download":
-            folder = reader.download(args.dir, url=args.url or reader.URL, md5=args.md5 or reader.MD5)
-            print(f"{args.dataset} is in {folder}")
-            return 0
-        start = time.perf_counter()
-        data = datasets.load(args.dataset, args.dir)
-        seconds = time.perf_counter() - start
-    except datasets.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a path the system refuses, e.g. a name over 255 bytes
-        print(f"error: {e.filename}: {(e.strerror or str(e)).lower()}; check the path you gave.", file=sys.stderr)
-        return 2
+
+def run(args) -> None:
+    reader = datasets.reader(args.dataset)
+    if args.command == "download":
+        folder = reader.download(args.dir, url=args.url or reader.URL, md5=args.md5 or reader.MD5)
+        print(f"{args.dataset} is in {folder}")
+        return
+    start = time.perf_counter()
+    data = datasets.load(args.dataset, args.dir)
+    seconds = time.perf_counter() - start
     shape = "x".join(map(str, data.train_images.shape[1:]))
     print(f"{reader.find(args.dir)}: {len(data.train_images)} training and {len(data.test_images)} "
           f"test images of {shape}, loaded in {seconds:.2f} s")
     counts = np.bincount(data.test_labels, minlength=len(data.label_names))
     for name, n in zip(data.label_names, counts):
         print(f"  {name:<20s} {n:5d} test images")
-    return 0
 
 
 if __name__ == "__main__":

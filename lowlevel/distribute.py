@@ -28,7 +28,7 @@ as TensorFlow's guide does, since saving may itself need every worker.
 A run's result then depends on the number of replicas only through float32
 reduction order, and its checkpoints (one value per variable) restore on any
 number of devices.  The default strategy (`--strategy default`) is TensorFlow's
-no-op one: today's single-device step, unchanged.
+no-op one, under which the same step runs on one device.
 """
 from __future__ import annotations
 
@@ -107,13 +107,19 @@ def replicas(strategy: tf.distribute.Strategy) -> int:
 
 
 def local_slice(*tensors):
-    """This replica's slice [r B/R, (r+1) B/R) of each [B, ...] tensor (inside strategy.run)."""
+    """This replica's slice [r B/R, (r+1) B/R) of each [B, ...] tensor (inside strategy.run); with one
+    replica, the tensors themselves."""
     ctx = tf.distribute.get_replica_context()
     r, n = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+    if n == 1:
+        return tensors
     b = tf.shape(tensors[0])[0] // n
     return tuple(t[r * b:(r + 1) * b] for t in tensors)
 
 
 def all_reduce_sum(values):
-    """The sum over replicas of each value (a list), inside strategy.run."""
-    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
+    """The sum over replicas of each value (a list), inside strategy.run; with one replica, the values."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx.num_replicas_in_sync == 1:
+        return values
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlevel import kernels, runs
+from lowlevel import errors, kernels, runs
 from lowlevel.config import Parser
 
 
@@ -39,14 +39,14 @@ def parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.model:
-        return runs.as_command("python -m lowlevel.evaluate", lambda: evaluate_exported(
+        return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate_exported(
             args.model, args.data, args.dataset))
-    return runs.as_command("python -m lowlevel.evaluate", lambda: evaluate(args.checkpoint, args.best, args.data))
+    return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate(args.checkpoint, args.best, args.data))
 
 
 def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
     from lowlevel import pipeline
-    from lowlevel.train import evaluator
+    from lowlevel.step import evaluator
 
     loaded = runs.load(checkpoint, best, data_path)
     runs.check_writable(loaded.prefix.parent)  # the reports go beside the checkpoint: fail before the work

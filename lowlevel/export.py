@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlevel import runs
+from lowlevel import errors, runs
 from lowlevel._tf import quiet_stderr
 from lowlevel.config import Parser
 
@@ -64,7 +64,7 @@ def parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     formats = ALL if args.format == "all" else (args.format,)
-    return runs.as_command("python -m lowlevel.export", lambda: export(
+    return errors.as_command("python -m lowlevel.export", lambda: export(
         args.checkpoint, formats, args.out, args.best, args.calibration, args.data))
 
 
@@ -166,7 +166,7 @@ def _export(loaded, folder: Path, formats, calibration: int) -> Path:
             except runs.RunError:
                 raise
             except Exception as e:  # noqa: BLE001 - the converter raises many kinds; none leaves a file
-                raise runs.RunError(f"{path}: could not be converted ({runs.first_line(e)}); nothing was "
+                raise runs.RunError(f"{path}: could not be converted ({errors.first_line(e)}); nothing was "
                                     f"written.") from None
             runs.atomic_write(path, lambda tmp: tmp.write_bytes(flatbuffer))
         print(f"wrote {path} ({size(path) / 1e6:.2f} MB)")
@@ -231,7 +231,7 @@ def read_manifest(folder: Path) -> dict | None:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise runs.RunError(f"{path}: cannot be read ({runs.first_line(e)}); export again with "
+        raise runs.RunError(f"{path}: cannot be read ({errors.first_line(e)}); export again with "
                             f"python -m lowlevel.export.") from None
     wrong = [k for k, kind in MANIFEST.items() if not isinstance(manifest, dict) or
              not isinstance(manifest.get(k, kind()), kind) or isinstance(manifest.get(k), bool)]
@@ -292,7 +292,7 @@ class Exported:
                 self._fn = tf.saved_model.load(str(self.path)).signatures["serving_default"]
             except (KeyError, ValueError, OSError, tf.errors.OpError) as e:
                 raise runs.RunError(f"{self.path}: is not a SavedModel with a serving_default signature "
-                                    f"({runs.first_line(e)}); export it again with python -m lowlevel.export.") from None
+                                    f"({errors.first_line(e)}); export it again with python -m lowlevel.export.") from None
             spec = self._fn.structured_input_signature[1]["images"]
             self.kind, self.input_shape = "savedmodel", tuple(spec.shape[1:])
         elif self.path.suffix == ".tflite" and self.path.is_file():
@@ -301,7 +301,7 @@ class Exported:
                 detail = self._runner.get_input_details()["images"]
             except (ValueError, RuntimeError, KeyError) as e:
                 raise runs.RunError(f"{self.path}: is not a LiteRT model with a serving_default signature taking "
-                                    f"images ({runs.first_line(e)}); export it again with "
+                                    f"images ({errors.first_line(e)}); export it again with "
                                     f"python -m lowlevel.export.") from None
             self.kind, self.input_shape = "tflite", tuple(int(d) for d in detail["shape_signature"][1:])
         else:

@@ -15,9 +15,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shutil
+import time
 from pathlib import Path
 
-from lowlevel.runs import RunError, write_text
+from lowlevel.errors import RunError, WriteError
+from lowlevel.files import write_text
 
 FIELDS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s",
           "elapsed_s", "kernels"]
@@ -103,3 +106,25 @@ def write(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     w.writerows(rows)
     write_text(path, text.getvalue())
+
+
+def resume(run: Path, epochs_done: int) -> list[dict]:
+    """history.csv's rows for the epochs a checkpoint covers (a crash may have left one more).
+
+    A damaged file is moved into run/set-aside-<time>/ (not deleted), and its good rows before the
+    damage are kept, with a note: the run goes on, and the rows can still be recovered by hand.
+    """
+    path = run / "history.csv"
+    try:
+        rows = read(path)
+    except DamagedHistory as e:
+        rows = e.rows
+        aside = run / time.strftime("set-aside-%Y%m%d-%H%M%S")
+        try:
+            aside.mkdir(exist_ok=True)
+            shutil.move(str(path), aside / path.name)
+        except OSError as err:
+            raise WriteError(aside / path.name, err) from None
+        print(f"note: {e}; it was moved to {aside / path.name} and its {len(rows)} good rows before the damage "
+              f"kept", flush=True)
+    return [r for r in rows if r["epoch"] <= epochs_done]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlevel import runs
+from lowlevel import errors, runs
 from lowlevel.config import ConfigError, Parser
 
 HIST_BINS = np.linspace(0.0, 6.0, 61)  # relu6 outputs lie in [0, 6]
@@ -131,30 +131,53 @@ def skew(mean: np.ndarray, var: np.ndarray, bn) -> tuple[float, float]:
 def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: int = 1000, image: int = 0,
             block: int = 0, batch: int = 100) -> Path:
     """Write layers.csv and the PNGs for a run; return the folder they are in."""
-    import pandas as pd
-
-    from lowlevel._tf import tf
-
-    from lowlevel import plots
-    from lowlevel.layers import DepthwiseConv2D
-    from lowlevel.train import cross_entropy
-
     loaded = runs.load(checkpoint, best, data_path)
     if loaded.note:
         print(loaded.note)
-    model, data = loaded.model, loaded.data
-    n = min(images, len(data.test_images))
+    n = min(images, len(loaded.data.test_images))
+    depthwise = check_choices(loaded.model, images, image, block, n)
+    out = loaded.run / f"inspect-best-{runs.step_of(loaded.prefix)}" if loaded.prefix.parent.name == "best" else \
+        loaded.prefix.parent / f"inspect-{runs.step_of(loaded.prefix)}"
+    runs.check_writable(out.parent)  # before the work
+    stats, example = pass_images(loaded, n, image, batch)
+    table = layer_table(loaded, stats, example, batch, n)
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as e:
+        raise runs.WriteError(out, e) from None
+    runs.write_text(out / "layers.csv", table.to_csv(index=False))
+    draw(loaded, out, stats, example, table, depthwise[block] if depthwise else None, image, n)
+    summarize(table, n, out)
+    ops = op_counts(loaded.model)
+    print("inference graph: " + ", ".join(f"{count} {op}" for op, count in ops.items()
+                                          if op in ("Conv2D", "DepthwiseConv2dNative", "BiasAdd", "Relu6", "MatMul")))
+    return out
+
+
+def check_choices(model, images: int, image: int, block: int, n: int) -> list:
+    """Refuse --images, --image and --block values the run cannot show; returns the depthwise
+    convolutions as (name, layer)."""
+    from lowlevel.layers import DepthwiseConv2D
+
     if images < 1:
         raise ConfigError(f"--images must be at least 1, not {images}.")
     if not 0 <= image < n:
         raise ConfigError(f"--image must be between 0 and {n - 1} (one of the {n} images passed), not {image}.")
-    layers = model.conv_layers()
-    depthwise = [(name, conv) for name, conv, _ in layers if isinstance(conv, DepthwiseConv2D)]
+    depthwise = [(name, conv) for name, conv, _ in model.conv_layers() if isinstance(conv, DepthwiseConv2D)]
     if depthwise and not 0 <= block < len(depthwise) or not depthwise and block:
         raise ConfigError(f"--block must be between 0 and {len(depthwise) - 1} (this network's depthwise "
                           f"convolutions), not {block}." if depthwise else
                           f"--block {block}: this network has no depthwise convolution to draw.")
-    runs.check_writable(loaded.prefix.parent if loaded.prefix.parent.name != "best" else loaded.run)
+    return depthwise
+
+
+def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict]:
+    """The first n test images through the model: an Accumulator per convolution, and every layer's
+    output [H, W, C] for test image `image`."""
+    from lowlevel._tf import tf
+
+    model, data = loaded.model, loaded.data
+    layers = model.conv_layers()
     tapped = tf.function(lambda x: model(x, training=False, taps="pre"))
     stats = {name: Accumulator(conv.out_channels) for name, conv, _ in layers}
     example = None
@@ -165,20 +188,30 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
             stats[name].add(taps[name].numpy(), taps.get(f"{name}:bn_input", taps[name]).numpy())
         if start <= image < start + batch:
             example = {name: taps[name][image - start].numpy() for name, _, _ in layers}  # [H, W, C] each
+    return stats, example
 
+
+def layer_table(loaded, stats: dict, example: dict, batch: int, n: int):
+    """layers.csv: a row per convolution (activations, batch-norm skew, folded weight range, gradient norm)."""
+    import pandas as pd
+
+    from lowlevel._tf import tf
+
+    from lowlevel.layers import DepthwiseConv2D
+    from lowlevel.step import cross_entropy
+
+    model, data = loaded.model, loaded.data
+    layers = model.conv_layers()
     x = loaded.normalization(data.test_images[:min(batch, n)])
     y = tf.constant(data.test_labels[:min(batch, n)], tf.int32)
-    kernels = [conv.kernel for _, conv, _ in layers]
     with tf.GradientTape() as tape:
         loss = cross_entropy(model(x, training=False), y, loaded.config.label_smoothing)
-    grads = tape.gradient(loss, kernels)
-
-    rows, folded, nan = [], {}, float("nan")
+    grads = tape.gradient(loss, [conv.kernel for _, conv, _ in layers])
+    rows, nan = [], float("nan")
     for (name, conv, bn), g in zip(layers, grads):
         kernel = conv.kernel
         if bn is not None and model.folds_batch_norm:
             kernel, _ = bn.fold(conv.kernel, depthwise=isinstance(conv, DepthwiseConv2D))
-        folded[name] = kernel.numpy()
         row = {"gamma_min": nan, "gamma_median": nan, "gamma_max": nan, "bn_mean_shift": nan, "bn_var_ratio": nan}
         if bn is not None:
             gamma = np.abs(bn.gamma.numpy())
@@ -187,22 +220,21 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
                    "bn_mean_shift": shift, "bn_var_ratio": ratio}
         h, w, c = example[name].shape
         rows.append({"layer": name, "op": type(conv).__name__, "shape": f"{h}x{w}x{c}", **stats[name].row(), **row,
-                     "kernel_norm": float(tf.norm(conv.kernel)), "weight_range_ratio": weight_range_ratio(folded[name]),
+                     "kernel_norm": float(tf.norm(conv.kernel)), "weight_range_ratio": weight_range_ratio(kernel.numpy()),
                      "grad_norm": float(tf.norm(g))})
-    table = pd.DataFrame(rows)
-    out = loaded.prefix.parent / f"inspect-{runs.step_of(loaded.prefix)}"
-    if loaded.prefix.parent.name == "best":
-        out = loaded.run / f"inspect-best-{runs.step_of(loaded.prefix)}"
-    try:
-        out.mkdir(exist_ok=True)
-    except OSError as e:
-        raise runs.WriteError(out, e) from None
-    runs.write_text(out / "layers.csv", table.to_csv(index=False))
+    return pd.DataFrame(rows)
+
+
+def draw(loaded, out: Path, stats: dict, example: dict, table, depthwise, image: int, n: int) -> None:
+    """The PNGs: stem and depthwise filters, feature maps, histograms, dead channels and ranges, batch norms."""
+    from lowlevel import plots
+
+    data, layers = loaded.data, loaded.model.conv_layers()
     title = f"{loaded.run.name} {loaded.prefix.name}, {n} test images"
     first, first_conv, _ = layers[0]
     plots.stem_filters(first_conv.kernel.numpy(), out / "stem_filters.png", first)
-    if 0 <= block < len(depthwise):  # a standard network has no depthwise filters to draw
-        plots.depthwise_filters(depthwise[block][1].kernel.numpy(), out / "depthwise_filters.png", depthwise[block][0])
+    if depthwise is not None:  # a standard network has no depthwise filters to draw
+        plots.depthwise_filters(depthwise[1].kernel.numpy(), out / "depthwise_filters.png", depthwise[0])
     plots.feature_maps(example, data.test_images[image], out / "feature_maps.png",
                        f"test image {image} ({data.label_names[data.test_labels[image]]})")
     plots.histograms({name: stats[name].histogram for name, _, _ in layers}, HIST_BINS, out / "histograms.png", title)
@@ -210,11 +242,6 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
     moving = {name: (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for name, _, bn in layers if bn is not None}
     if moving:  # networks without batch norms have none to draw
         plots.batch_norms(moving, out / "batch_norms.png", title)
-    summarize(table, n, out)
-    ops = op_counts(model)
-    print("inference graph: " + ", ".join(f"{count} {op}" for op, count in ops.items()
-                                          if op in ("Conv2D", "DepthwiseConv2dNative", "BiasAdd", "Relu6", "MatMul")))
-    return out
 
 
 def op_counts(model, batch: int = 1) -> dict[str, int]:
@@ -242,7 +269,7 @@ def graph(checkpoint: str, best: bool = False, data_path: str = "") -> Path:
     from lowlevel._tf import tf
 
     from lowlevel import pipeline
-    from lowlevel.train import Trainer
+    from lowlevel.step import Trainer
 
     loaded = runs.load(checkpoint, best, data_path)
     cfg, data = loaded.config, loaded.data
@@ -289,8 +316,8 @@ def summarize(table, n: int, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.graph:
-        return runs.as_command("python -m lowlevel.inspect", lambda: graph(args.checkpoint, args.best, args.data))
-    return runs.as_command("python -m lowlevel.inspect", lambda: inspect(args.checkpoint, args.best, args.data,
+        return errors.as_command("python -m lowlevel.inspect", lambda: graph(args.checkpoint, args.best, args.data))
+    return errors.as_command("python -m lowlevel.inspect", lambda: inspect(args.checkpoint, args.best, args.data,
                                                                          args.images, args.image, args.block))
 
 

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lowlevel import runs  # noqa: E402
+from lowlevel import errors, files  # noqa: E402
 from lowlevel.config import Parser  # noqa: E402
 
 
@@ -25,7 +25,13 @@ def learning_curves(run: str | Path) -> Path:
     from lowlevel import history
 
     run = Path(run)
-    h = pd.DataFrame(history.read(run / "history.csv"), columns=history.FIELDS)  # checked row by row
+    if not (run / "history.csv").is_file():
+        raise errors.RunError(f"{run}: has no history.csv; give a run folder written by python -m lowlevel.train.")
+    try:
+        h = pd.DataFrame(history.read(run / "history.csv"), columns=history.FIELDS)  # checked row by row
+    except history.DamagedHistory as e:
+        raise errors.RunError(f"{e}; python -m lowlevel.train --resume sets a damaged history.csv aside and keeps "
+                              f"its good rows.") from None
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(h.epoch, h.train_loss, label="train (with label smoothing)")
     ax_acc.plot(h.epoch, 100 * h.train_accuracy, label="train (augmented)")
@@ -191,9 +197,9 @@ def compare(table, out: Path, title: str) -> Path:
 
 def _save(fig, out: Path) -> None:
     """Write the figure as a PNG whole or not at all (a temporary file renamed over `out`), then close it;
-    runs.WriteError names `out` if the disk is full."""
+    errors.WriteError names `out` if the disk is full."""
     try:
-        runs.atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        files.atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     finally:
         plt.close(fig)
 
@@ -206,20 +212,7 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     run = Path(parser().parse_args(argv).run)
-    if not (run / "history.csv").is_file():
-        print(f"error: {run}: has no history.csv; give a run folder written by python -m lowlevel.train.",
-              file=sys.stderr)
-        return 2
-    try:
-        print(learning_curves(run))
-    except runs.WriteError as e:
-        print(f"error: {e}; {runs.advice(e)}", file=sys.stderr)
-        return 2
-    except runs.RunError as e:  # a damaged history.csv
-        print(f"error: {e}; python -m lowlevel.train --resume sets a damaged history.csv aside and keeps its "
-              f"good rows.", file=sys.stderr)
-        return 2
-    return 0
+    return errors.as_command("python -m lowlevel.plots", lambda: print(learning_curves(run)))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import dataclasses
 import math
 import sys
 
+from lowlevel import errors
 from lowlevel.config import Parser
+from lowlevel.errors import ConfigError
 from lowlevel.nets import NETS
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D
 
@@ -141,32 +143,35 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    name = "mobilenet-standard" if args.standard else args.model
+    return errors.as_command("python -m lowlevel.summary", lambda: show(args))
 
+
+def show(args) -> None:
     from lowlevel import nets  # after parsing, so --help is instant
+
+    if not (math.isfinite(args.alpha) and args.alpha > 0):
+        raise ConfigError(f"--alpha must be a finite number above 0, not {args.alpha}.")
+    for flag, value in (("--input-size", args.input_size), ("--classes", args.classes)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, not {value}.")
 
     def build(name):
         h, w, c = NETS[name].input_shape
         shape = (args.input_size, args.input_size, c) if args.input_size is not None else (h, w, c)
-        return nets.build(name, shape, args.classes, alpha=args.alpha)
-    try:
-        if not (math.isfinite(args.alpha) and args.alpha > 0):
-            raise ValueError(f"--alpha must be a finite number above 0, not {args.alpha}.")
-        for flag, value in (("--input-size", args.input_size), ("--classes", args.classes)):
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} must be at least 1, not {value}.")
-        if args.compare:
-            separable = name if name in TWINS else {v: k for k, v in TWINS.items()}.get(name)
-            if separable is None:
-                raise ValueError(f"--compare: {name} has no separable or standard twin; the pairs are "
-                                 + ", ".join(f"{k} and {v}" for k, v in TWINS.items()) + ".")
-            print(format_comparison(build(separable), build(TWINS[separable]), (separable, TWINS[separable])))
-        else:
-            print(format_table(build(name), name))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        try:
+            return nets.build(name, shape, args.classes, alpha=args.alpha)
+        except ValueError as e:  # a shape the network cannot take
+            raise ConfigError(str(e)) from None
+
+    name = "mobilenet-standard" if args.standard else args.model
+    if args.compare:
+        separable = name if name in TWINS else {v: k for k, v in TWINS.items()}.get(name)
+        if separable is None:
+            raise ConfigError(f"--compare: {name} has no separable or standard twin; the pairs are "
+                              + ", ".join(f"{k} and {v}" for k, v in TWINS.items()) + ".")
+        print(format_comparison(build(separable), build(TWINS[separable]), (separable, TWINS[separable])))
+    else:
+        print(format_table(build(name), name))
 
 
 if __name__ == "__main__":

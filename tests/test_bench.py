@@ -8,6 +8,9 @@ import sys
 import pytest
 
 from lowlevel import bench
+from lowlevel.bench import kernels as bench_kernels, speed
+
+pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
@@ -39,7 +42,7 @@ def test_keras_reference_is_the_same_network():
     from lowlevel.nets.mobilenet import MobileNetV1
     for alpha in (1.0, 0.25):
         ours = sum(int(v.shape.num_elements()) for v in MobileNetV1(alpha=alpha).variables)
-        assert bench.keras_model(alpha).count_params() == ours
+        assert speed.keras_model(alpha).count_params() == ours
 
 
 def test_flops_per_image_matches_the_notes():
@@ -51,7 +54,7 @@ def test_flops_per_image_matches_the_notes():
 
 def test_profile_by_op_type():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--profile", "--quick"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "profile", "--quick"], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
@@ -66,7 +69,7 @@ def test_summaries_benchmark_times_training_with_and_without_them(capsys, monkey
     """--summaries: images/s with TensorBoard summaries off and on; the end-of-epoch summaries really run
     (an Events.epoch that fails fails the benchmark)."""
     from lowlevel import events
-    assert bench.main(["--summaries", "--quick"]) == 0
+    assert bench.main(["summaries", "--quick"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     off, on = last["train_images_per_s_summaries_off"], last["train_images_per_s_summaries_on"]
     assert off > 0 and on > 0 and last["summaries_cost"] == pytest.approx(1 - on / off, abs=1e-3)
@@ -75,12 +78,12 @@ def test_summaries_benchmark_times_training_with_and_without_them(capsys, monkey
         raise RuntimeError("epoch summaries ran")
     monkeypatch.setattr(events.Events, "epoch", broken)
     with pytest.raises(RuntimeError, match="epoch summaries ran"):
-        bench.main(["--summaries", "--quick"])
+        bench.main(["summaries", "--quick"])
 
 
 def test_strategy_benchmark_times_one_device_against_two_replicas():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--strategy", "mirrored", "--quick"],
+    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "strategy", "--quick"],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
@@ -92,10 +95,10 @@ def test_strategy_benchmark_times_one_device_against_two_replicas():
 
 
 def test_one_kernel_row_and_the_kernels_table(monkeypatch, capsys):
-    """--kernel-row (what --kernels runs in each fresh process) prints one JSON row; --kernels lays the rows
+    """kernels --row (what kernels runs in each fresh process) prints one JSON row; kernels lays the rows
     out one per kernel set, ratios against the first and against Keras on the same kernels."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TF_ENABLE_ONEDNN_OPTS="0")
-    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--kernel-row", "--quick"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "kernels", "--row", "--quick"], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
@@ -103,9 +106,9 @@ def test_one_kernel_row_and_the_kernels_table(monkeypatch, capsys):
     for key in ("matmul_gflops", "train_images_per_s", "infer_images_per_s", "keras_train_images_per_s"):
         assert row[key] > 0, key
     fake = [{"name": name, "env": e, **row, "train_images_per_s": 100.0 * (i + 1)}
-            for i, (name, e) in enumerate(bench.kernel_sets({"avx2", "fma", "avx512f"}))]
-    monkeypatch.setattr(bench, "kernels_table", lambda args: fake)
-    assert bench.main(["--kernels", "--quick"]) == 0
+            for i, (name, e) in enumerate(bench_kernels.kernel_sets({"avx2", "fma", "avx512f"}))]
+    monkeypatch.setattr(bench_kernels, "kernels_table", lambda args: fake)
+    assert bench.main(["kernels", "--quick"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0] for line in lines[2:2 + len(fake)]] == [r["name"] for r in fake]
     assert " 2.00x " in lines[3] and json.loads(lines[-1]) == fake

@@ -1,7 +1,10 @@
 """python -m lowlevel.compare on tiny data: the runs, the table, the plot, and skipping finished runs."""
+import pytest
 import pandas as pd
 
 from conftest import one_error
+
+pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
 
 TINY = ["--epochs", "1", "--batch-size", "8", "--val-size", "20", "--progress", "none", "--no-tensorboard",
         "--steps-per-call", "5", "--lr", "0.01"]

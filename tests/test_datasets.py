@@ -191,6 +191,7 @@ def test_registry_names_and_errors():
 
 # ---------------------------------------------------------------- training on them
 
+@pytest.mark.slow
 def test_train_on_grey_28x28_images_with_the_datasets_defaults(tmp_path, cli):
     """--model fashion-cnn-separable picks fashion-mnist and its defaults (no cutout); MobileNet takes 1 channel too."""
     from conftest import TINY
@@ -207,6 +208,7 @@ def test_train_on_grey_28x28_images_with_the_datasets_defaults(tmp_path, cli):
     assert status == 0 and "Ankle boot" in out, err
 
 
+@pytest.mark.slow
 def test_train_a_224_network_on_flowers(flowers, tmp_path, cli):
     status, out, err = cli("train", tmp_path, "--data", flowers, "--run-name", "a", "--model", "alexnet", "--alpha",
                            "0.0625", "--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--val-size", "20",

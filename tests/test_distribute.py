@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import ENV, assert_same_weights, one_error
 
+pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
+
 TWO_DEVICES = """
 import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -100,7 +102,7 @@ def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
     two one-device runs differ by tens of percent, so one step is compared.)"""
     out = in_two_devices("""
         import dataclasses
-        from lowlevel import distribute, pipeline, train
+        from lowlevel import distribute, pipeline, step as train
         from lowlevel.config import Config
         from lowlevel.layers import BatchNorm
         cfg, _ = Config.from_args(["--alpha", "0.125", "--batch-size", "16", "--lr", "0.01", "--warmup-epochs", "0"])

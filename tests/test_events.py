@@ -1,3 +1,4 @@
+import pytest
 """TensorBoard event files: written by a short run, read back with their tags; none with --no-tensorboard."""
 import collections
 
@@ -15,6 +16,7 @@ def _tags(folder):
     return found
 
 
+@pytest.mark.slow
 def test_a_run_writes_the_scalars_and_histograms_and_none_without_tensorboard(tmp_path, data, straight, cli):
     args = [a for a in TINY if a != "--no-tensorboard"]
     status, out, err = cli("train", tmp_path, "--data", data, "--run-name", "tb", "--epochs", "2", *args)
@@ -52,6 +54,7 @@ def test_a_histogram_is_in_tensorboards_format(tmp_path):
     assert tensors["constant"][:, 2].sum() == 5
 
 
+@pytest.mark.slow
 def test_a_failed_event_write_stops_the_run_with_one_sentence(tmp_path, data, cli, monkeypatch):
     """A full disk under tensorboard/: one sentence naming the folder, and the run continues once fixed."""
     from conftest import one_error, run_printed

@@ -14,6 +14,8 @@ from conftest import ENV, one_error
 from lowlevel import export, nets, runs
 from lowlevel.pipeline import Normalization
 
+pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
+
 FORMATS = [*export.ALL, "tflite-int8-per-tensor"]
 
 
@@ -173,12 +175,12 @@ def test_bench_times_the_exported_files(exported, tmp_path, capsys):
     shutil.copy(out / "float32.tflite", tmp_path)
     manifest = json.loads((out / "export.json").read_text())
     (tmp_path / "export.json").write_text(json.dumps({**manifest, "files": {"tflite-float": "float32.tflite"}}))
-    assert bench.main(["--exported", str(tmp_path), "--threads", "1,2", "--runs", "5"]) == 0
+    assert bench.main(["exported", str(tmp_path), "--threads", "1,2", "--runs", "5"]) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [(r["format"], r["threads"]) for r in rows] == [("tflite-float", 1), ("tflite-float", 2)]
     assert all(r["latency_ms"] > 0 and r["images_per_s"] > 0 and r["bytes"] == export.size(out / "float32.tflite")
                for r in rows)
-    assert bench.main(["--exported", str(tmp_path), "--threads", "0"]) == 2
+    assert bench.main(["exported", str(tmp_path), "--threads", "0"]) == 2
     assert "--threads must be positive" in capsys.readouterr().err
 
 

@@ -13,6 +13,8 @@ import pytest
 import killpoint
 from conftest import ENV, STRAIGHT, one_error, run_printed, same_run
 
+pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
+
 HERE = Path(__file__).parent
 
 
@@ -134,11 +136,11 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 def test_a_failed_write_at_each_site_stops_with_one_sentence_and_the_run_resumes_exactly(
         tmp_path, data, straight, cli, monkeypatch, site):
     """The write fails at the end of epoch 2 (config.json: at once) with "No space left on device"."""
-    from lowlevel import runs
+    from lowlevel import files
     from lowlevel._tf import tf
     count = {"n": 0}
     fail_at = {"config.json": 1, "history.csv": 3}.get(site, 2)  # history.csv is also written when the loop starts
-    atomic_write, save = runs.atomic_write, tf.train.CheckpointManager.save
+    atomic_write, save = files.atomic_write, tf.train.CheckpointManager.save
 
     def failing_write(path, write):
         if Path(path).name == site:
@@ -159,7 +161,7 @@ def test_a_failed_write_at_each_site_stops_with_one_sentence_and_the_run_resumes
         return save(self, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(runs, "atomic_write", failing_write)
+        m.setattr(files, "atomic_write", failing_write)
         m.setattr(tf.train.CheckpointManager, "save", failing_save)
         status, out, err = cli("train", tmp_path, "--data", data, "--run-name", "full", *STRAIGHT)
     run = tmp_path / "checkpoints" / "full"

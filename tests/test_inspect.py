@@ -60,6 +60,7 @@ def test_op_counts_of_inference_match_the_architecture(standard, conv, depthwise
     assert "FusedBatchNormV3" not in ops  # folded into the convolutions
 
 
+@pytest.mark.slow
 def test_inspect_a_run(tmp_path, straight, cli):
     status, out, err = cli("inspect", tmp_path, "--checkpoint", straight[0], "--images", "30", "--image", "2")
     assert status == 0, err
@@ -73,12 +74,14 @@ def test_inspect_a_run(tmp_path, straight, cli):
     assert "27 convolutions, 30 test images" in out and "14 Conv2D, 13 DepthwiseConv2dNative" in out
 
 
+@pytest.mark.slow
 def test_inspect_errors_are_one_sentence(tmp_path, straight, cli):
     one_error(*cli("inspect", tmp_path, "--checkpoint", tmp_path / "nowhere")[::2], "is neither a run folder")
     one_error(*cli("inspect", tmp_path, "--checkpoint", straight[0], "--image", "40", "--images", "30")[::2],
               "--image must be between 0 and 29")
 
 
+@pytest.mark.slow
 def test_graph_writes_the_training_step_and_counts_its_ops(tmp_path, straight, cli):
     status, out, err = cli("inspect", tmp_path, "--checkpoint", straight[0], "--graph")
     assert status == 0, err
@@ -94,6 +97,7 @@ def test_graph_writes_the_training_step_and_counts_its_ops(tmp_path, straight, c
     assert plugins == [("train_steps", "graph_run_metadata_graph")]
 
 
+@pytest.mark.slow
 def test_inspect_a_standard_run_layer_by_layer(tmp_path, data, cli):
     """A mobilenet-standard run: 14 rows, no depthwise ones, the same columns as the separable run's."""
     status, out, err = cli("train", tmp_path, "--data", data, "--run-name", "std", "--model", "mobilenet-standard",

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from lowlevel import bench, kernels
+from lowlevel import kernels
+from lowlevel.bench import kernels as bench
 
 from conftest import ENV
 
@@ -59,6 +60,7 @@ def test_tensorflows_own_rule_turns_onednn_on_only_for_vnni_bf16_or_amx():
     assert any("ONEDNN_MAX_CPU_ISA=AVX2" in n for n, _ in bench.kernel_sets(kernels.cpu_flags(AVX512_BF16)))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not X86, reason="lowlevel turns oneDNN on only on x86 CPUs")
 def test_onednn_is_on_by_default_and_the_users_setting_wins():
     d, line, _ = describe(TF_ENABLE_ONEDNN_OPTS=None)
@@ -77,6 +79,7 @@ VERBOSE = {"avx2": "Intel AVX2", "avx2_vnni": "Intel AVX2 with Intel DL Boost",
            "avx512_core_bf16": "Intel AVX-512 with Intel DL Boost and bfloat16 support"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not X86 or "avx2" not in kernels.cpu_flags(), reason="needs an x86 CPU with AVX2")
 @pytest.mark.parametrize("limit", [None, "AVX2"])
 def test_the_named_instruction_set_is_the_one_onednn_reports(limit):

@@ -153,7 +153,7 @@ def test_one_training_step_on_two_images(name):
     """The real compiled training step of lowlevel.train, on two images: the loss is finite and every kernel
     moves (no weight decay, so only by its gradient)."""
     from lowlevel import pipeline
-    from lowlevel.train import Trainer
+    from lowlevel.step import Trainer
 
     entry = nets.NETS[name]
     cfg = Config(model=name, dataset=entry.dataset, batch_size=2, val_size=0, alpha=0.25, augment=False, cutout=0,
@@ -211,6 +211,7 @@ def test_dropout_rows_take_the_networks_rate_unless_overridden():
     assert rates(nets.build("alexnet", (64, 64, 3), alpha=0.0625, dropout=0.2)) == [0.2, 0.2]
 
 
+@pytest.mark.slow
 def test_another_network_trains_resumes_evaluates_and_inspects_like_mobilenet(tmp_path, data, cli):
     """python -m lowlevel.train --model vgg-blocks-separable: the same loop, checkpoints, resume and evaluation."""
     from conftest import TINY, weights

@@ -44,6 +44,9 @@ def test_every_command_parses_with_its_flags(doc):
         words = shlex.split(command)
         module = words[2].split(".", 1)[1]
         args = words[3:]
+        if module == "bench":  # `python -m lowlevel.bench --quick` means `bench step --quick`
+            from lowlevel.bench import with_subcommand
+            args = with_subcommand(args)
         if not args or args == ["--help"]:  # the name of a command: it must exist
             parser_of(module)
             continue

@@ -13,7 +13,9 @@ import pytest
 
 import fakecifar
 from conftest import ENV, one_error, run_module, run_printed
-from lowlevel import history, runs
+from lowlevel import errors, history, runs
+
+pytestmark = pytest.mark.slow  # most cases damage a copy of a trained run
 
 
 @pytest.fixture
@@ -209,7 +211,7 @@ def test_summary_refuses_impossible_sizes(tmp_path, cli, flags, phrase):
 
 def test_write_errors_are_advised_by_their_cause():
     def advice(number):
-        return runs.advice(runs.WriteError("f", OSError(number, os.strerror(number))))
+        return errors.advice(errors.WriteError("f", OSError(number, os.strerror(number))))
     assert "free some space" in advice(errno.ENOSPC)
     assert "writable" in advice(errno.EACCES) and "writable" in advice(errno.EROFS)
     for number in (errno.EEXIST, errno.ENOTDIR):
@@ -224,9 +226,9 @@ def test_an_export_into_a_file_says_so(finished, cli):
 
 
 def test_a_long_error_is_cut_at_a_word():
-    text = runs.first_line(ValueError("failed to " * 40))
+    text = errors.first_line(ValueError("failed to " * 40))
     assert text.endswith("failed to ...") and len(text) <= 204
-    assert runs.first_line(ValueError("one\n  two")) == "one two"
+    assert errors.first_line(ValueError("one\n  two")) == "one two"
 
 
 def test_evaluate_on_a_best_folder_evaluates_the_best(finished, cli):

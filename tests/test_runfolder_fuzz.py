@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from conftest import TINY, run_module
 from lowlevel import history, runs
 
+pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
+
 EXAMPLES = int(os.environ.get("LOWLEVEL_RUNFOLDER_EXAMPLES", "0"))
 MUTATIONS = ("truncate", "flip bytes", "delete", "another run's", "empty", "append garbage", "make it a folder")
 COMMANDS = {

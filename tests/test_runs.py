@@ -1,3 +1,4 @@
+import pytest
 """lowlevel.runs: loading a run restores what it trained with; the run folder's small tools."""
 import shutil
 
@@ -13,6 +14,7 @@ def _other_copy(tmp_path, data):
     return other
 
 
+@pytest.mark.slow
 def test_evaluation_uses_the_normalization_the_run_trained_with(tmp_path, data, straight, cli):
     """It used to recompute mean and std from whatever --data it was given: another copy of the
     data then scored the same checkpoint differently."""
@@ -28,6 +30,7 @@ def test_evaluation_uses_the_normalization_the_run_trained_with(tmp_path, data, 
         straight[1].split("test accuracy ")[1].split("%")[0])  # and what training printed
 
 
+@pytest.mark.slow
 def test_load_gives_the_model_config_normalization_and_data(straight, data):
     from lowlevel import pipeline, runs
     loaded = runs.load(straight[0])
@@ -40,12 +43,13 @@ def test_load_gives_the_model_config_normalization_and_data(straight, data):
     assert runs.load(straight[0], best=True).prefix.parent.name == "best"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_the_normalization_was_saved_still_evaluates(tmp_path, straight, data, cli):
     """Its statistics are recomputed from the training images, as such runs did, with a note."""
     from lowlevel.datasets import cifar10
     from lowlevel import pipeline
     from lowlevel.config import Config
-    from lowlevel.train import Trainer
+    from lowlevel.step import Trainer
     old = tmp_path / "old"
     old.mkdir()
     shutil.copy(straight[0] / "config.json", old / "config.json")
@@ -62,6 +66,7 @@ def test_a_checkpoint_from_before_the_normalization_was_saved_still_evaluates(tm
     assert f"test accuracy {reported}%" in out
 
 
+@pytest.mark.slow
 def test_a_run_folder_without_config_is_one_sentence(tmp_path, straight, cli):
     bare = tmp_path / "bare"
     shutil.copytree(straight[0], bare)
@@ -70,7 +75,7 @@ def test_a_run_folder_without_config_is_one_sentence(tmp_path, straight, cli):
 
 
 def test_durations_and_the_progress_bar_say_how_long_is_left():
-    from lowlevel.train import Clock, _bar, duration
+    from lowlevel.progress import Bar, Clock, duration
     assert [duration(s) for s in (0, 40.4, 61, 3600, 4 * 3600 + 5 * 60 + 29)] == \
         ["0 s", "40 s", "1 min", "1 h 00 min", "4 h 05 min"]
     clock = Clock()
@@ -78,6 +83,6 @@ def test_durations_and_the_progress_bar_say_how_long_is_left():
     clock.tick(10)  # the first call ends: the clock starts
     clock.start -= 20.0  # as if 20 s passed...
     assert clock.left(30, 130) == "1 min"  # ...over 20 steps: 1 s each, so 100 s for 100 more
-    bar = _bar(3, 150, 120, 351, 1.234, 0.5, 412.0, 42.0, "2 min", "4 h 36 min")
+    bar = Bar(3, 150, 351).line(120, 1.234, 0.5, 412.0, 42.0, "2 min", "4 h 36 min")
     assert "epoch 3/150" in bar and "120/351" in bar and "412 img/s" in bar
     assert "42 s elapsed" in bar and "2 min left in the epoch" in bar and "4 h 36 min in the run" in bar

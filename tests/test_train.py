@@ -20,6 +20,7 @@ def train(cwd, *args, check=True):
     return run_module("train", cwd, *args, check=check)
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_folder_and_the_printed_evaluate_command_agrees(straight):
     run, out = straight
     cfg = json.loads((run / "config.json").read_text())
@@ -43,6 +44,7 @@ def test_a_run_writes_its_folder_and_the_printed_evaluate_command_agrees(straigh
     assert "best/ckpt-" in best.stdout
 
 
+@pytest.mark.slow
 def test_the_printed_continue_command_trains_to_the_end(tmp_path, data, straight):
     """--max-steps limits one command: the command printed after it, run as printed, trains to the end
     (it used to stop again at once, --max-steps having been saved with the run), exactly."""
@@ -54,16 +56,17 @@ def test_the_printed_continue_command_trains_to_the_end(tmp_path, data, straight
     same_run(tmp_path / "checkpoints" / "r", straight[0])  # the epoch that straddled the stop included
 
 
+@pytest.mark.slow
 def test_a_resumed_epoch_counts_only_the_images_this_process_trained(tmp_path, data, monkeypatch):
     """Its images/s divides the images trained since the restore by the time since the restore."""
-    from lowlevel import train as tm
+    from lowlevel import loop as lp, runs
     from lowlevel.config import Config
     train(tmp_path, "--data", str(data), "--run-name", "p", "--epochs", "1", "--max-steps", "7", *TINY)
     monkeypatch.chdir(tmp_path)
     cfg, explicit = Config.from_args(["--data", str(data), "--run-name", "p", "--resume", "--max-steps", "10"])
-    cfg, run = tm.run_config(cfg.check(), explicit)
-    loop = tm.Loop(cfg, run, datasets.load(cfg.dataset, cfg.data, cfg.split_seed))
-    stop = tm._Stop()
+    cfg, run = runs.run_config(cfg.check(), explicit)
+    loop = lp.Loop(cfg, run, datasets.load(cfg.dataset, cfg.data, cfg.split_seed))
+    stop = lp.Signals()
     try:
         lr, seconds, images = loop.train_epoch(stop)
     finally:
@@ -78,7 +81,7 @@ def _trainer(data, **kw):
     from lowlevel.datasets import cifar10
     from lowlevel import pipeline
     from lowlevel.config import Config
-    from lowlevel.train import Trainer
+    from lowlevel.step import Trainer
     d = cifar10.load(data)
     cfg = Config(alpha=0.125, batch_size=8, epochs=2, **kw)
     batches = pipeline.Batches(d.train_images, d.train_labels, pipeline.Normalization.of(d.train_images), 8)
@@ -115,12 +118,14 @@ def test_float16_step_skips_an_overflowed_update(data):
     assert not np.array_equal(kernel.numpy(), before[kernel.ref()])
 
 
+@pytest.mark.slow
 def test_float16_on_a_cpu_says_bfloat16_is_the_cpus_type(tmp_path, data):
     out = train(tmp_path, "--data", str(data), "--run-name", "h", "--precision", "float16", "--max-steps", "1",
                 *TINY).stdout
     assert "note: float16 is for GPUs" in out and "--precision bfloat16" in out
 
 
+@pytest.mark.slow
 def test_float16_checkpoint_holds_the_loss_scale(tmp_path, data):
     trainer, batches = _trainer(data, precision="float16")
     trainer.train_steps(batches.order(0), tf.constant(1))
@@ -131,6 +136,7 @@ def test_float16_checkpoint_holds_the_loss_scale(tmp_path, data):
     assert float(fresh.loss_scale.scale.numpy()) == 512.0 and fresh.step == 1
 
 
+@pytest.mark.slow
 def test_bfloat16_run_trains_evaluates_and_keeps_its_precision(tmp_path, data):
     out = train(tmp_path, "--data", str(data), "--run-name", "b", "--epochs", "1", "--precision", "bfloat16",
                 *TINY).stdout
@@ -146,6 +152,7 @@ def test_bfloat16_run_trains_evaluates_and_keeps_its_precision(tmp_path, data):
     assert "the run was made with --precision bfloat16, not float32" in again.stderr
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_completes_without_gaps(tmp_path, data):
     args = ["--data", str(data), "--run-name", "s", "--epochs", "12", *TINY]
     env = ENV
@@ -168,6 +175,7 @@ def test_sigint_saves_and_resume_completes_without_gaps(tmp_path, data):
     assert history.epoch.tolist() == list(range(1, 13))  # no gap, no duplicate
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_one_sentence(tmp_path, data, cli):
     train(tmp_path, "--data", str(data), "--run-name", "y", "--epochs", "1", "--max-steps", "2", *TINY)
     cfg_path = tmp_path / "checkpoints" / "y" / "config.json"
@@ -180,6 +188,7 @@ def test_incompatible_checkpoint_is_one_sentence(tmp_path, data, cli):
         one_error(*cli("evaluate", tmp_path, "--checkpoint", target)[::2], str(target))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_one_sentence(tmp_path, data):
     result = train(tmp_path, "--data", str(data), "--run-name", "n", "--epochs", "3", *TINY, "--lr", "1e30",
                    "--warmup-epochs", "0", check=False)
@@ -188,17 +197,18 @@ def test_nan_loss_stops_with_one_sentence(tmp_path, data):
     assert "the training loss became" in err and "last good checkpoint" in err
 
 
+@pytest.mark.slow
 def test_a_parameter_that_is_not_finite_is_never_saved(tmp_path, data, monkeypatch):
     """The loss guard sees the loss computed before the update; an update that blows up the
     weights at an epoch's last step must still not become "the last good checkpoint"."""
-    from lowlevel import train as tm
+    from lowlevel import loop as lp, runs
     from lowlevel.config import Config
     monkeypatch.chdir(tmp_path)
     cfg, explicit = Config.from_args(["--data", str(data), "--run-name", "f", *STRAIGHT])
-    cfg, run = tm.run_config(cfg.check(), explicit)
-    with tm.open_run(cfg, run):
-        loop = tm.Loop(cfg, run, datasets.load(cfg.dataset, cfg.data, cfg.split_seed))
-        stop = tm._Stop()
+    cfg, run = runs.run_config(cfg.check(), explicit)
+    with runs.open_run(cfg, run):
+        loop = lp.Loop(cfg, run, datasets.load(cfg.dataset, cfg.data, cfg.split_seed))
+        stop = lp.Signals()
         try:
             loop.end_epoch(*loop.train_epoch(stop))
             assert loop.manager.latest_checkpoint.endswith("ckpt-10")
@@ -255,6 +265,7 @@ def test_a_run_folder_that_cannot_be_created_is_one_sentence(tmp_path, data, cli
               "cannot be created", "--checkpoint-dir")
 
 
+@pytest.mark.slow
 def test_an_existing_run_and_a_resume_that_would_change_it_are_refused(tmp_path, data, cli):
     train(tmp_path, "--data", str(data), "--run-name", "x", "--epochs", "1", "--max-steps", "2", *TINY)
     one_error(*cli("train", tmp_path, "--data", data, "--run-name", "x")[::2], "already holds a run", "--resume")
@@ -268,7 +279,7 @@ def test_an_existing_run_and_a_resume_that_would_change_it_are_refused(tmp_path,
 
 def test_label_smoothed_cross_entropy_is_keras_categorical_crossentropy():
     import keras
-    from lowlevel.train import cross_entropy
+    from lowlevel.step import cross_entropy
     logits = tf.random.stateless_normal([64, 10], seed=[3, 4]) * 3
     labels = tf.random.stateless_uniform([64], seed=[5, 6], maxval=10, dtype=tf.int32)
     for s in (0.0, 0.1, 0.3):
@@ -277,12 +288,12 @@ def test_label_smoothed_cross_entropy_is_keras_categorical_crossentropy():
 
 
 def test_second_sigint_stops_at_once_without_a_traceback(monkeypatch, capsys, data, tmp_path):
-    from lowlevel import train as train_module
+    from lowlevel import loop, train as train_module
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        stop = train_module._Stop()
+        stop = loop.Signals()
         stop._handle(signal.SIGINT, None)  # the first: remembered, training goes on to a save
-        assert stop.signal == signal.SIGINT
+        assert stop.caught == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             stop._handle(signal.SIGINT, None)  # the second: stop now
     finally:
@@ -291,7 +302,7 @@ def test_second_sigint_stops_at_once_without_a_traceback(monkeypatch, capsys, da
 
     def interrupted(*args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_module, "fit", interrupted)
+    monkeypatch.setattr(loop, "run", interrupted)
     monkeypatch.chdir(tmp_path)
     assert train_module.main(["--data", str(data), "--run-name", "k", *TINY]) == 130
     err = capsys.readouterr().err
@@ -300,7 +311,7 @@ def test_second_sigint_stops_at_once_without_a_traceback(monkeypatch, capsys, da
 
 def test_resume_without_a_name_picks_the_latest_run(tmp_path):
     from lowlevel.config import Config
-    from lowlevel.train import RunError, find_run
+    from lowlevel.runs import RunError, find_run
     root = tmp_path / "checkpoints"
     with pytest.raises(RunError, match="holds no run to resume; give --run-name"):
         find_run(Config(checkpoint_dir=str(root), resume=True))

@@ -18,9 +18,7 @@ import importlib
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """A problem with the user's data files, told in one sentence."""
+from lowlevel.errors import DataError  # noqa: F401 - datasets.DataError, for the readers
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

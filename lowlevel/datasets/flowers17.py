@@ -55,7 +55,7 @@ def split(seed: int = 0) -> np.ndarray:
 def load(path: str | os.PathLike, split_seed: int = 0, side: int = SIDE) -> Dataset:
     """All 1,360 images decoded and resized to side x side: uint8 [N, side, side, 3], split 80/20."""
     from lowlevel._tf import tf
-    from lowlevel.runs import first_line
+    from lowlevel.errors import first_line
 
     folder = find(path)
     files = names()

@@ -30,8 +30,8 @@ from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, 
 
 @dataclasses.dataclass(frozen=True)
 class Conv:
-    """A full k x k convolution + batch norm + relu6."""
-    stride: int
+    """A full k x k convolution + batch norm + relu6 (the stem; its stride is the model's `stem_stride`:
+    2 in the paper, 1 for CIFAR)."""
     channels: int
     kernel: int = 3
 
@@ -44,8 +44,8 @@ class DepthSepConv:
     kernel: int = 3
 
 
-# The paper's Table 1.  The stem's stride is the model's `stem_stride` argument.
-STEM = Conv(stride=2, channels=32)
+# The paper's Table 1.
+STEM = Conv(channels=32)
 BODY = (
     DepthSepConv(stride=1, channels=64),
     DepthSepConv(stride=2, channels=128),
@@ -72,10 +72,10 @@ class SeparableBlock(tf.Module):
     """x [B, H, W, C_in] -> [B, H/s, W/s, C_in] (depthwise) -> [B, H/s, W/s, C_out] (pointwise)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, bn_momentum: float, fused_bn: bool,
-                 compute_dtype=None, name: str | None = None):
+                 compute_dtype=None, kernel: int = 3, name: str | None = None):
         super().__init__(name=name)
         with self.name_scope:
-            self.depthwise = DepthwiseConv2D(in_channels, 3, stride, name="depthwise")
+            self.depthwise = DepthwiseConv2D(in_channels, kernel, stride, name="depthwise")
             self.bn_depthwise = BatchNorm(in_channels, bn_momentum, fused=fused_bn, name="bn_depthwise")
             self.pointwise = Conv2D(in_channels, out_channels, 1, compute_dtype=compute_dtype, name="pointwise")
             self.bn_pointwise = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_pointwise")
@@ -92,20 +92,18 @@ class SeparableBlock(tf.Module):
 
     def inference(self, x):
         """__call__(x, training=False) with each batch norm folded into its convolution, in x's dtype."""
-        kernel, bias = self.bn_depthwise.fold(self.depthwise.kernel, depthwise=True)
-        x = relu6(tf.nn.bias_add(self.depthwise(x, kernel), tf.cast(bias, x.dtype)))  # [B, H', W', C_in]
-        kernel, bias = self.bn_pointwise.fold(self.pointwise.kernel)
-        return relu6(tf.nn.bias_add(self.pointwise(x, kernel), tf.cast(bias, x.dtype)))  # [B, H', W', C_out]
+        x = folded(self.depthwise, self.bn_depthwise, x, depthwise=True)  # [B, H', W', C_in]
+        return folded(self.pointwise, self.bn_pointwise, x)  # [B, H', W', C_out]
 
 
 class StandardBlock(tf.Module):
     """The same shapes as a SeparableBlock with one full 3x3 convolution: [B, H, W, C_in] -> [B, H/s, W/s, C_out]."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, bn_momentum: float, fused_bn: bool,
-                 compute_dtype=None, name: str | None = None):
+                 compute_dtype=None, kernel: int = 3, name: str | None = None):
         super().__init__(name=name)
         with self.name_scope:
-            self.conv = Conv2D(in_channels, out_channels, 3, stride, compute_dtype=compute_dtype, name="conv")
+            self.conv = Conv2D(in_channels, out_channels, kernel, stride, compute_dtype=compute_dtype, name="conv")
             self.bn = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn")
 
     def __call__(self, x, training: bool, taps=None, name: str = ""):
@@ -116,8 +114,7 @@ class StandardBlock(tf.Module):
 
     def inference(self, x):
         """__call__(x, training=False) with the batch norm folded into the convolution, in x's dtype."""
-        kernel, bias = self.bn.fold(self.conv.kernel)
-        return relu6(tf.nn.bias_add(self.conv(x, kernel), tf.cast(bias, x.dtype)))  # [B, H', W', C_out]
+        return folded(self.conv, self.bn, x)  # [B, H', W', C_out]
 
 
 class MobileNetV1(tf.Module):
@@ -157,14 +154,10 @@ class MobileNetV1(tf.Module):
             self.blocks = []
             for i, row in enumerate(BODY):
                 out = scaled(row.channels, alpha)
-                self.blocks.append(Block(c, out, row.stride, bn_momentum, fused_bn, compute, name=f"block_{i}"))
+                self.blocks.append(Block(c, out, row.stride, bn_momentum, fused_bn, compute, row.kernel,
+                                         name=f"block_{i}"))
                 c = out
             self.classifier = Dense(c, num_classes, name="classifier")
-
-    @property
-    def strides(self) -> list[int]:
-        """The stride of every layer that has one, in order: the stem, then each block."""
-        return [self.stem_stride] + [row.stride for row in BODY]
 
     def __call__(self, images: tf.Tensor, training: bool = False, seed=None, taps: bool | str = False):
         """images [B, S, S, 3] -> logits [B, num_classes].  `seed`: the dropout key (see layers.dropout).
@@ -223,12 +216,17 @@ class MobileNetV1(tf.Module):
         the layers (in bfloat16, 1.4x the images/s of casting around each 1x1 convolution here).
         The logits are float32.
         """
-        x = tf.cast(images, self.precision)
-        kernel, bias = self.bn_stem.fold(self.stem.kernel)
-        x = relu6(tf.nn.bias_add(self.stem(x, kernel), tf.cast(bias, x.dtype)))  # [B, S/stem_stride, ., 32a]
+        x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision))  # [B, S/stem_stride, ., 32a]
         for block in self.blocks:
             x = block.inference(x)
         return self.classifier(global_average_pool(tf.cast(x, tf.float32)))  # [B, num_classes]
+
+
+def folded(conv, bn: BatchNorm, x, depthwise: bool = False):
+    """relu6(BN(conv(x))) at inference as one convolution with a bias (BatchNorm.fold), which TensorFlow
+    runs as one fused kernel; in x's dtype."""
+    kernel, bias = bn.fold(conv.kernel, depthwise=depthwise)
+    return relu6(tf.nn.bias_add(conv(x, kernel), tf.cast(bias, x.dtype)))
 
 
 def _tap(taps: dict | None, name: str, bn_input, output) -> None:

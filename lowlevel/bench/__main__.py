@@ -1,0 +1,5 @@
+import sys
+
+from lowlevel.bench import main
+
+sys.exit(main())

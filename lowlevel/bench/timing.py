@@ -1,0 +1,62 @@
+"""What every benchmark shares: random images of CIFAR's shape, the compiled training step on them,
+one timed loop, and the machine's matmul rate."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from lowlevel._tf import tf
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of fn (each ends in a synchronization)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10, repeats: int = 3, dtype=tf.float32) -> float:
+    """[n, n] @ [n, n] in `dtype`, `reps` in one compiled call: 2 n^3 FLOPs each."""
+    a = tf.cast(tf.random.normal([n, n]), dtype)
+    b = tf.cast(tf.random.normal([n, n]), dtype)
+
+    @tf.function
+    def run():
+        acc = tf.zeros([n, n], dtype)
+        for _ in tf.range(reps):
+            acc += tf.matmul(a, b)
+        return acc[0, 0]
+
+    run().numpy()
+    return 2 * n ** 3 * reps / best_time(lambda: run().numpy(), repeats) / 1e9
+
+
+def random_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def trainer(batch: int, alpha: float, steps: int, precision: str = "float32", strategy=None, **config):
+    """(Trainer, image order, batches) of MobileNet on `batch * (steps + 1)` random images, as train builds
+    them (lowlevel.step), its step traced and warmed up by one call."""
+    from lowlevel import pipeline
+    from lowlevel.config import Config
+    from lowlevel.step import Trainer
+
+    images, labels = random_images(batch * (steps + 1))
+    cfg = Config(alpha=alpha, batch_size=batch, precision=precision, **config)
+    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0, cutout=cfg.cutout)
+    t = Trainer(cfg, batches, strategy=strategy)
+    order = batches.order(0)
+    float(t.train_steps(order, tf.constant(1)))  # trace and warm up
+    return t, order, batches
+
+
+def training_images_per_s(t, order, steps: int, repeats: int) -> float:
+    """The one timed loop of the training step: `steps` steps per call, the best of `repeats` calls."""
+    n = tf.constant(steps)
+    return t.train.batch_size * steps / best_time(lambda: float(t.train_steps(order, n)), repeats)

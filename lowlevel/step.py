@@ -1,0 +1,163 @@
+"""One training step and one evaluation, compiled: the loss, the `Trainer` that owns the model, its
+optimizer and everything a checkpoint holds, and the evaluator.
+
+One compiled function (`Trainer.train_steps`) runs `steps_per_call` steps: gather the batch
+from the uint8 images on the device, augment it, forward, backward, update.  The step is
+written once and run through `strategy.run`: on one device (TensorFlow's default strategy)
+the cross-replica slicing and sums are the identity, on several (lowlevel/distribute.py) each
+replica takes its slice and the gradients are summed.  Everything random is a function of
+(seed, step), so a resumed run computes the very same weights as one that never stopped.
+Nothing here prints or writes a file.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lowlevel._tf import tf
+
+from lowlevel import distribute, layers, optim, pipeline, runs
+from lowlevel.config import Config
+
+
+def cross_entropy(logits, labels, smoothing: float = 0.0) -> tf.Tensor:
+    """Mean over the batch of  -sum_k q_k log softmax(logits)_k,  q = (1 - s) onehot(y) + s / K.
+
+    logits [B, K] float, labels [B] int -> scalar.
+    """
+    log_p = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # [B, K]
+    k = logits.shape[-1]
+    q = tf.one_hot(labels, k) * (1.0 - smoothing) + smoothing / k  # [B, K]
+    return tf.reduce_mean(-tf.reduce_sum(q * log_p, axis=-1))
+
+
+class Trainer(tf.Module):
+    """The model, its optimizer and the compiled steps, plus what a checkpoint must hold."""
+
+    def __init__(self, cfg: Config, train: pipeline.Batches, num_classes: int = 10, strategy=None):
+        super().__init__(name="trainer")
+        self.cfg, self.train = cfg, train
+        self.strategy = strategy or tf.distribute.get_strategy()  # TensorFlow's default: one device
+        self.replicas = distribute.replicas(self.strategy)
+        with distribute.scope(self.strategy):  # with several replicas, a copy of every variable on each
+            self._build(cfg, train, num_classes)
+
+    def _build(self, cfg: Config, train: pipeline.Batches, num_classes: int) -> None:
+        tf.random.set_seed(cfg.seed)  # the initial weights
+        self.model = runs.build_model(cfg, num_classes, input_shape=train.images.shape[1:])
+        for bn in self.model.submodules:
+            if isinstance(bn, layers.BatchNorm):
+                bn.sync = cfg.sync_bn  # only matters with several replicas
+        spe = train.steps_per_epoch
+        total, warmup = cfg.epochs * spe, int(cfg.warmup_epochs * spe)
+        if cfg.schedule == "cosine":
+            schedule = optim.WarmupCosine(cfg.lr, total, warmup)
+        else:
+            schedule = optim.StepDecay(cfg.lr, [total // 2, total * 3 // 4])
+        params = self.model.trainable_variables
+        if cfg.optimizer == "sgd":
+            self.optimizer = optim.SGD(params, schedule, cfg.momentum, True, cfg.weight_decay)
+        else:
+            self.optimizer = optim.Adam(params, schedule, beta_1=cfg.momentum, weight_decay=cfg.weight_decay)
+        # sums over the current epoch, checkpointed so that a resume mid-epoch reports the same epoch
+        self.epoch_loss = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.epoch_correct = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.epoch_seen = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # seconds of training and eval
+        self.seed = tf.Variable(cfg.seed, dtype=tf.int64, trainable=False)
+        self.loss_scale = optim.LossScale() if cfg.precision == "float16" else None
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def epoch_means(self) -> tuple[float, float, int]:
+        """(mean training loss, accuracy, images) of the epoch so far."""
+        seen = int(self.epoch_seen.numpy())
+        return (float(self.epoch_loss.numpy()) / max(seen, 1), int(self.epoch_correct.numpy()) / max(seen, 1),
+                seen)
+
+    def reset_epoch(self) -> None:
+        for v in (self.epoch_loss, self.epoch_correct, self.epoch_seen):
+            v.assign(tf.zeros_like(v))
+
+    def checkpoint(self, normalization: bool = True) -> tf.train.Checkpoint:
+        """What a checkpoint holds; normalization=False for restoring runs from before it was saved."""
+        extra = {"loss_scale": self.loss_scale} if self.loss_scale is not None else {}
+        if normalization:
+            extra["normalization"] = self.train.norm
+        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch_loss=self.epoch_loss,
+                                   epoch_correct=self.epoch_correct, epoch_seen=self.epoch_seen,
+                                   best_val_accuracy=self.best_val_accuracy, elapsed=self.elapsed, seed=self.seed,
+                                   **extra)
+
+    def _step(self, order, step) -> tf.Tensor:
+        """One training step (on one replica, in strategy.run: see lowlevel/distribute.py, where with one
+        device the slicing and the sums are the identity): this replica's slice of the global batch, the
+        global mean loss's gradients all-reduced, the same update everywhere.  Returns the learning rate."""
+        x, y = distribute.local_slice(*self.train.train_batch(order, step))  # [B/R, H, W, C], [B/R]
+        params = self.model.trainable_variables
+        with tf.GradientTape() as tape:  # dropout's masks: slices of the global batch's (layers.dropout)
+            logits = self.model(x, training=True, seed=pipeline.dropout_key(self.cfg.seed, step))  # [B/R, K]
+            loss = cross_entropy(logits, y, self.cfg.label_smoothing)  # the slice's mean
+            share = loss / self.replicas  # summed over the replicas: the global batch's mean
+            scaled = share * self.loss_scale.scale if self.loss_scale is not None else share
+        grads = distribute.all_reduce_sum(tape.gradient(scaled, params))
+        if self.loss_scale is not None:  # float16: drop the update if the scaled gradients overflowed
+            grads, finite = self.loss_scale.unscale(grads)
+            lr = tf.cond(finite, lambda: self.optimizer.apply(grads, params), self.optimizer.skip)
+        else:
+            lr = self.optimizer.apply(grads, params)
+        b = tf.cast(tf.shape(y)[0], tf.float64)
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, tf.int32) == y, tf.float64))
+        loss_sum, correct, seen = distribute.all_reduce_sum([tf.cast(loss, tf.float64) * b, correct, b])
+        self.epoch_loss.assign_add(loss_sum)
+        self.epoch_correct.assign_add(tf.cast(correct, tf.int64))  # whole numbers, exact in float64
+        self.epoch_seen.assign_add(tf.cast(seen, tf.int64))
+        return lr
+
+    @tf.function
+    def train_steps(self, order, n) -> tf.Tensor:
+        """n training steps on the epoch whose image order is `order`; returns the last learning rate."""
+        lr, start = tf.constant(0.0), self.optimizer.iterations.read_value()
+        for i in tf.range(n):
+            step = start + tf.cast(i, tf.int64)  # not re-read: under a strategy the update is cross-replica
+            lr = self.strategy.experimental_local_results(self.strategy.run(self._step, args=(order, step)))[0]
+        return lr
+
+    @tf.function
+    def all_finite(self) -> tf.Tensor:
+        """Whether every floating-point variable (weights, moving statistics, optimizer slots) is finite."""
+        state = [v for v in self.model.variables + self.optimizer.variables if v.dtype.is_floating]
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in state])
+
+    @tf.function
+    def grad_norms(self, order, step) -> list[tf.Tensor]:
+        """The norm of the loss's gradient with respect to each convolution's kernel, on training batch
+        `step`, in inference mode (moving statistics used, none updated): for TensorBoard."""
+        x, y = self.train.train_batch(order, step)
+        kernels = [conv.kernel for _, conv, _ in self.model.conv_layers()]
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(self.model(x, training=False), y, self.cfg.label_smoothing)
+        return [tf.norm(g) for g in tape.gradient(loss, kernels)]
+
+def evaluator(model, batches: pipeline.Batches):
+    """A compiled function returning (mean loss, accuracy, predictions int32 [N]) over every image once."""
+
+    @tf.function
+    def run():
+        loss_sum = tf.constant(0.0, tf.float64)
+        preds = tf.TensorArray(tf.int32, size=batches.num_eval_batches, infer_shape=False)
+        for k in tf.range(batches.num_eval_batches):
+            x, y = batches.eval_batch(k)
+            logits = model.inference(x)  # = model(x, training=False), batch norms folded
+            b = tf.cast(tf.shape(y)[0], tf.float64)
+            loss_sum += tf.cast(cross_entropy(logits, y), tf.float64) * b
+            preds = preds.write(k, tf.argmax(logits, -1, tf.int32))
+        return loss_sum / batches.n, preds.concat()
+
+    def evaluate():
+        loss, preds = run()
+        preds = preds.numpy()
+        return float(loss), float(np.mean(preds == batches.labels.numpy())), preds
+    return evaluate
