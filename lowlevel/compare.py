@@ -89,13 +89,13 @@ def measure(name: str, model: str, alpha: float, run: Path, data_path: str) -> d
 
     from lowlevel._tf import tf
 
+    from lowlevel import costs, pipeline
     from lowlevel import history as history_file
-    from lowlevel import pipeline, summary
     from lowlevel.step import evaluator
 
     loaded = runs.load(run, data_path=data_path)
     history = pd.DataFrame(history_file.read(run / "history.csv"))
-    totals = summary.totals(summary.rows(loaded.model))
+    totals = costs.totals(costs.rows(loaded.model))
     test = pipeline.Batches(loaded.data.test_images, loaded.data.test_labels, loaded.normalization, 500)
     _, accuracy, _ = evaluator(loaded.model, test)()
     x = loaded.normalization(loaded.data.test_images[:500])
@@ -114,7 +114,7 @@ def measure(name: str, model: str, alpha: float, run: Path, data_path: str) -> d
 def compare(args, extra: list[str]) -> Path:
     import pandas as pd
 
-    from lowlevel import plots
+    from lowlevel import figures
 
     from lowlevel.datasets import DATASETS
 
@@ -127,7 +127,7 @@ def compare(args, extra: list[str]) -> Path:
     table = pd.DataFrame(rows, columns=COLUMNS)
     out = Path(args.checkpoint_dir) / "compare.csv"
     runs.write_text(out, table.to_csv(index=False))
-    plots.compare(table, out.with_suffix(".png"), f"{args.dataset}, {args.epochs} epochs each")
+    figures.compare(table, out.with_suffix(".png"), f"{args.dataset}, {args.epochs} epochs each")
     print(format_table(table))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return out

@@ -43,6 +43,12 @@ PEER_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.err
              tf.errors.CancelledError)  # what a collective raises when another worker has gone
 
 
+def peer_lost_errors(name: str) -> tuple:
+    """The errors that mean another worker is gone under the strategy `name`: PEER_LOST for multi-worker,
+    none elsewhere (where such an error is an error of its own, and stays one)."""
+    return PEER_LOST if name == "multi-worker" else ()
+
+
 def cluster() -> dict:
     """TF_CONFIG, checked: {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}
     (a "chief" job of one address may come first, as TensorFlow allows)."""

@@ -62,13 +62,13 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
 
 def evaluate_exported(path: str, data_path: str = "", dataset: str = "", batch: int = 500) -> float:
     """The test accuracy of an exported model, reported as for a checkpoint; returns it."""
-    from lowlevel import datasets, export
+    from lowlevel import datasets, exported
 
-    model = export.Exported(path)
+    model = exported.Exported(path)
     runs.check_writable(model.path.parent)
-    if model.kind == "tflite" and export.litert_notice():
-        print(export.litert_notice())
-    manifest = export.read_manifest(model.path.parent) or {}
+    if model.kind == "tflite" and exported.litert_notice():
+        print(exported.litert_notice())
+    manifest = exported.read_manifest(model.path.parent) or {}
     name = dataset or manifest.get("dataset") or "cifar10"
     data = datasets.load(name, data_path or manifest.get("data", ""), manifest.get("split_seed", 0))
     if tuple(data.test_images.shape[1:]) != model.input_shape:
@@ -82,7 +82,7 @@ def evaluate_exported(path: str, data_path: str = "", dataset: str = "", batch: 
 def report(data, preds: np.ndarray, prefix: Path, loss: str = "") -> float:
     """Print the accuracy, per class and as a confusion matrix, of predictions `preds` [N] of data's test
     images, and write <prefix>-test-confusion.csv, -per-class.csv and -confusion.png; returns the accuracy."""
-    from lowlevel import plots
+    from lowlevel import figures
 
     accuracy = float(np.mean(preds == data.test_labels))
     k = len(data.label_names)
@@ -106,7 +106,7 @@ def report(data, preds: np.ndarray, prefix: Path, loss: str = "") -> float:
     per_class_rows = [f"{n},{a:.6f}" for n, a in zip(data.label_names, per_class)]
     runs.write_text(Path(f"{stem}-per-class.csv"), "\n".join(["class,accuracy", *per_class_rows,
                                                               f"all,{accuracy:.6f}"]) + "\n")
-    plots.confusion_matrix(matrix, list(data.label_names), f"{stem}-confusion.png",
+    figures.confusion_matrix(matrix, list(data.label_names), f"{stem}-confusion.png",
                            title=f"{prefix.name}: test accuracy {100 * accuracy:.2f}%")
     print(f"wrote {stem}-confusion.csv, {stem}-per-class.csv and {stem}-confusion.png")
     return accuracy

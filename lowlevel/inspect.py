@@ -227,21 +227,21 @@ def layer_table(loaded, stats: dict, example: dict, batch: int, n: int):
 
 def draw(loaded, out: Path, stats: dict, example: dict, table, depthwise, image: int, n: int) -> None:
     """The PNGs: stem and depthwise filters, feature maps, histograms, dead channels and ranges, batch norms."""
-    from lowlevel import plots
+    from lowlevel import figures
 
     data, layers = loaded.data, loaded.model.conv_layers()
     title = f"{loaded.run.name} {loaded.prefix.name}, {n} test images"
     first, first_conv, _ = layers[0]
-    plots.stem_filters(first_conv.kernel.numpy(), out / "stem_filters.png", first)
+    figures.stem_filters(first_conv.kernel.numpy(), out / "stem_filters.png", first)
     if depthwise is not None:  # a standard network has no depthwise filters to draw
-        plots.depthwise_filters(depthwise[1].kernel.numpy(), out / "depthwise_filters.png", depthwise[0])
-    plots.feature_maps(example, data.test_images[image], out / "feature_maps.png",
+        figures.depthwise_filters(depthwise[1].kernel.numpy(), out / "depthwise_filters.png", depthwise[0])
+    figures.feature_maps(example, data.test_images[image], out / "feature_maps.png",
                        f"test image {image} ({data.label_names[data.test_labels[image]]})")
-    plots.histograms({name: stats[name].histogram for name, _, _ in layers}, HIST_BINS, out / "histograms.png", title)
-    plots.dead_and_ranges(table, out / "dead_and_ranges.png", title)
+    figures.histograms({name: stats[name].histogram for name, _, _ in layers}, HIST_BINS, out / "histograms.png", title)
+    figures.dead_and_ranges(table, out / "dead_and_ranges.png", title)
     moving = {name: (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for name, _, bn in layers if bn is not None}
     if moving:  # networks without batch norms have none to draw
-        plots.batch_norms(moving, out / "batch_norms.png", title)
+        figures.batch_norms(moving, out / "batch_norms.png", title)
 
 
 def op_counts(model, batch: int = 1) -> dict[str, int]:

@@ -48,9 +48,7 @@ def run(cfg: Config, folder: Path, data: datasets.Dataset, strategy=None, out: P
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except distribute.PEER_LOST:
-        if cfg.strategy != "multi-worker":
-            raise
+    except distribute.peer_lost_errors(cfg.strategy):
         return peer_lost(cfg, folder, loop.trainer.step if loop else 0)
     finally:
         if signals:
@@ -216,10 +214,10 @@ class Loop:
               f"{row['elapsed_s'] / 60:.1f} min, {self.clock.left(t.step, self.limit)} left", flush=True)
 
     def plot(self) -> None:
-        from lowlevel import plots  # matplotlib: imported at the first epoch's end, never by the step
+        from lowlevel import figures  # matplotlib: imported at the first epoch's end, never by the step
 
         if self.chief:
-            plots.learning_curves(self.run)
+            figures.learning_curves(self.run)
 
     def test(self) -> None:
         test = pipeline.Batches(self.data.test_images, self.data.test_labels, self.train.norm, 500)

@@ -1,207 +1,16 @@
-"""Figures: learning curves from history.csv, a confusion matrix, and what `inspect` finds inside a run.
+"""`python -m lowlevel.plots RUN`: redraw a run's learning curves from its history.csv.
 
-    python -m lowlevel.plots RUN_DIR        # writes RUN_DIR/learning_curves.png
+    python -m lowlevel.plots checkpoints/first      # writes checkpoints/first/learning_curves.png
 
-matplotlib is imported here only, never by the training step.
+The drawing is lowlevel/figures.py's.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lowlevel import errors, files  # noqa: E402
-from lowlevel.config import Parser  # noqa: E402
-
-
-def learning_curves(run: str | Path) -> Path:
-    """Loss and accuracy per epoch, train vs validation, from run/history.csv -> run/learning_curves.png."""
-    from lowlevel import history
-
-    run = Path(run)
-    if not (run / "history.csv").is_file():
-        raise errors.RunError(f"{run}: has no history.csv; give a run folder written by python -m lowlevel.train.")
-    try:
-        h = pd.DataFrame(history.read(run / "history.csv"), columns=history.FIELDS)  # checked row by row
-    except history.DamagedHistory as e:
-        raise errors.RunError(f"{e}; python -m lowlevel.train --resume sets a damaged history.csv aside and keeps "
-                              f"its good rows.") from None
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(h.epoch, h.train_loss, label="train (with label smoothing)")
-    ax_acc.plot(h.epoch, 100 * h.train_accuracy, label="train (augmented)")
-    if h.val_accuracy.notna().any():  # a run with --val-size 0 has no validation curve
-        ax_loss.plot(h.epoch, h.val_loss, label="validation")
-        ax_acc.plot(h.epoch, 100 * h.val_accuracy, label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(run.name)
-    fig.tight_layout()
-    out = run / "learning_curves.png"
-    _save(fig, out)
-    return out
-
-
-def confusion_matrix(matrix: np.ndarray, names: list[str], out: str | Path, title: str = "") -> Path:
-    """matrix[i, j] = test images of class i predicted as j -> a PNG with row-normalized colours."""
-    rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, label="fraction of the true class")
-    fig.tight_layout()
-    _save(fig, Path(out))
-    return Path(out)
-
-
-# ---------------------------------------------------------------- inside a run (python -m lowlevel.inspect)
-
-def _tile(w: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] for display, symmetric about 0 (0 is mid-grey)."""
-    m = np.abs(w).max()
-    return 0.5 + 0.5 * w / m if m > 0 else np.full_like(w, 0.5)
-
-
-def stem_filters(kernel: np.ndarray, out: Path, name: str = "stem") -> Path:
-    """The first convolution's [k, k, C_in, C] kernel as C tiles of k x k pixels, in colour for RGB
-    input (C_in = 3), grey for one channel (each filter scaled on its own)."""
-    k, c_in, c = kernel.shape[0], kernel.shape[2], kernel.shape[-1]
-    cols = 8
-    rows = -(-c // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4))
-    for i, ax in enumerate(np.ravel(axes)):
-        ax.axis("off")
-        if i < c:
-            tile = _tile(kernel[..., i])
-            ax.imshow(tile if c_in == 3 else tile[..., 0], cmap=None if c_in == 3 else "gray", vmin=0, vmax=1,
-                      interpolation="nearest")
-    fig.suptitle(f"{name}: {c} filters {k}x{k}x{c_in} ({'RGB' if c_in == 3 else 'channel 0'}; grey = 0)")
-    _save(fig, Path(out))
-    return Path(out)
-
-
-def depthwise_filters(kernel: np.ndarray, out: Path, name: str) -> Path:
-    """A depthwise [k, k, C, 1] kernel as C k x k tiles on one colour scale."""
-    w = kernel[..., 0]  # [k, k, C]
-    c = w.shape[-1]
-    cols = 16
-    rows = -(-c // cols)
-    m = np.abs(w).max()
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.5))
-    for i, ax in enumerate(np.ravel(axes)):
-        ax.axis("off")
-        if i < c:
-            ax.imshow(w[..., i], cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-    fig.suptitle(f"{name}: {c} filters {w.shape[0]}x{w.shape[1]}, one per channel (red > 0 > blue)")
-    _save(fig, Path(out))
-    return Path(out)
-
-
-def feature_maps(maps: dict, image: np.ndarray, out: Path, title: str, channels: int = 6) -> Path:
-    """One row per layer: the image, then its `channels` most active channels of that layer's output."""
-    names = list(maps)
-    fig, axes = plt.subplots(len(names), channels + 1, figsize=((channels + 1) * 1.1, len(names) * 1.1))
-    for row, name in zip(np.atleast_2d(axes), names):
-        for ax in row:
-            ax.axis("off")
-        row[0].imshow(image if image.shape[-1] == 3 else image[..., 0], cmap=None if image.shape[-1] == 3 else "gray")
-        row[0].text(-2, image.shape[0] / 2, name, ha="right", va="center", fontsize=7)
-        m = maps[name]  # [H, W, C]
-        for ax, c in zip(row[1:], np.argsort(-m.mean((0, 1)))[:channels]):
-            ax.imshow(m[..., c], cmap="viridis", vmin=min(0, m.min()), vmax=max(m.max(), 1e-6),
-                      interpolation="nearest")
-    fig.suptitle(f"{title}: the {channels} most active channels of every layer (one scale per layer)")
-    fig.subplots_adjust(left=0.22, right=0.98, top=1 - 0.6 / (len(names) * 1.1), bottom=0.01)
-    _save(fig, Path(out))
-    return Path(out)
-
-
-def histograms(counts: dict, bins: np.ndarray, out: Path, title: str) -> Path:
-    """Small multiples: each layer's distribution of outputs over [0, 6], log scale."""
-    names = list(counts)
-    cols = 6
-    rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 1.6), sharex=True)
-    for ax, name in zip(np.ravel(axes), names):
-        ax.bar(bins[:-1], np.maximum(counts[name], 1), width=np.diff(bins), align="edge")
-        ax.set_yscale("log")
-        ax.set_title(name, fontsize=7)
-        ax.tick_params(labelsize=6)
-    for ax in np.ravel(axes)[len(names):]:
-        ax.axis("off")
-    fig.suptitle(f"{title}: outputs after relu6")
-    fig.tight_layout()
-    _save(fig, Path(out))
-    return Path(out)
-
-
-def dead_and_ranges(table, out: Path, title: str) -> Path:
-    """Across depth: dead channels per layer, and the folded weight-range ratio (log scale)."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
-    x = np.arange(len(table))
-    colours = ["tab:orange" if "depthwise" in n else "tab:blue" for n in table.layer]
-    top.bar(x, table.dead_channels, color=colours)
-    top.set(ylabel="dead channels", title=f"{title} (orange: depthwise)")
-    bottom.bar(x, table.weight_range_ratio, color=colours)
-    bottom.set(yscale="log", ylabel="max / median channel range\n(batch norm folded)")
-    bottom.set_xticks(x, table.layer, rotation=90, fontsize=7)
-    fig.tight_layout()
-    _save(fig, Path(out))
-    return Path(out)
-
-
-def batch_norms(moving: dict, out: Path, title: str) -> Path:
-    """Box plots per layer of the batch norms' moving means and moving variances."""
-    names = list(moving)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
-    top.boxplot([moving[n][0] for n in names], showfliers=False)
-    top.set(ylabel="moving mean", title=title)
-    bottom.boxplot([moving[n][1] for n in names], showfliers=False)
-    bottom.set(yscale="log", ylabel="moving variance")
-    bottom.set_xticks(np.arange(1, len(names) + 1), names, rotation=90, fontsize=7)
-    fig.tight_layout()
-    _save(fig, Path(out))
-    return Path(out)
-
-
-def compare(table, out: Path, title: str) -> Path:
-    """Test accuracy against multiply-adds (log axis), one point per network, marker area by parameters."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    area = 2000 * table.parameters / table.parameters.max()
-    ax.scatter(table.mult_adds, 100 * table.test_accuracy, s=area, alpha=0.5)
-    for r in table.itertuples():
-        ax.annotate(f"{r.name}\n{r.parameters / 1e6:.2f}M params", (r.mult_adds, 100 * r.test_accuracy),
-                    fontsize=8, ha="center", va="center")
-    ax.set_xscale("log")
-    ax.set_xlabel("multiply-adds per image")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"separable vs standard: {title} (marker area: parameters)")
-    ax.margins(0.2)
-    _save(fig, Path(out))
-    return Path(out)
-
-
-def _save(fig, out: Path) -> None:
-    """Write the figure as a PNG whole or not at all (a temporary file renamed over `out`), then close it;
-    errors.WriteError names `out` if the disk is full."""
-    try:
-        files.atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+from lowlevel import errors
+from lowlevel.config import Parser
 
 
 def parser() -> Parser:
@@ -212,7 +21,9 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     run = Path(parser().parse_args(argv).run)
-    return errors.as_command("python -m lowlevel.plots", lambda: print(learning_curves(run)))
+    from lowlevel import figures  # matplotlib: after the flags are read
+
+    return errors.as_command("python -m lowlevel.plots", lambda: print(figures.learning_curves(run)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lowlevel._tf import tf
-from lowlevel import history, plots, runs, train  # noqa: F401 - plots: so its os.replace is the one patched
+from lowlevel import figures, history, runs, train  # noqa: F401 - figures: so its os.replace is the one patched
 
 # the end of an epoch:  validate -> history.csv -> best save -> latest save -> learning_curves.png
 POINTS = {

@@ -47,9 +47,9 @@ def test_keras_reference_is_the_same_network():
 
 def test_flops_per_image_matches_the_notes():
     """CIFAR default: 46.35M multiply-adds forward -> about 278 MFLOP per training image."""
-    from lowlevel import summary
+    from lowlevel import costs
     from lowlevel.nets.mobilenet import MobileNetV1
-    assert abs(6 * summary.totals(summary.rows(MobileNetV1())).madds - 278e6) / 278e6 < 0.01
+    assert abs(6 * costs.totals(costs.rows(MobileNetV1())).madds - 278e6) / 278e6 < 0.01
 
 
 def test_profile_by_op_type():

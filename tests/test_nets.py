@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowlevel import nets, summary
+from lowlevel import costs, nets
 from lowlevel.config import Config
 
 KL = keras.layers
@@ -105,7 +105,7 @@ def test_parameter_counts_equal_keras(name):
     assert trainable + _count(ours.non_trainable_variables) == ref.count_params()
     if name in STATED:
         assert trainable == STATED[name]
-    t = summary.totals(summary.rows(ours))  # the summary counts from shapes: the same totals
+    t = costs.totals(costs.rows(ours))  # the summary counts from shapes: the same totals
     assert (t.params, t.moving) == (trainable, _count(ours.non_trainable_variables))
     assert tuple(ref.output_shape[1:]) == (ours.num_classes,) and tuple(ref.input_shape[1:]) == ours.input_shape
 
@@ -141,7 +141,7 @@ def test_summary_shapes_are_the_forward_pass_shapes(name):
     """Every convolution's tapped output has the shape the summary counted (at a small width)."""
     net = nets.build(name, alpha=0.125)
     taps = net(tf.zeros([1, *net.input_shape]), training=False, taps=True)
-    shapes = {r.name: r.shape for r in summary.rows(net)}
+    shapes = {r.name: r.shape for r in costs.rows(net)}
     assert [n for n, _, _ in net.conv_layers()] == [n for n in taps if n != "logits"]
     for n, _, _ in net.conv_layers():
         assert tuple(taps[n].shape[1:]) == shapes[n], n

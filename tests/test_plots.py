@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from lowlevel import plots
+from lowlevel import figures, plots
 
 
 def test_learning_curves_and_cli(tmp_path):
@@ -18,5 +18,5 @@ def test_learning_curves_and_cli(tmp_path):
 
 def test_confusion_matrix_png(tmp_path):
     m = np.diag([5] * 10) + 1
-    out = plots.confusion_matrix(m, [f"c{i}" for i in range(10)], tmp_path / "cm.png", "t")
+    out = figures.confusion_matrix(m, [f"c{i}" for i in range(10)], tmp_path / "cm.png", "t")
     assert out.read_bytes()[:4] == b"\x89PNG"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lowlevel import summary
+from lowlevel import costs, summary
 from lowlevel.nets.mobilenet import MobileNetV1
 
 IMAGENET = dict(num_classes=1000, input_size=224, stem_stride=2)
@@ -14,10 +14,10 @@ def imagenet():
 
 
 def test_imagenet_totals_match_paper_table_2(imagenet):
-    t = summary.totals(summary.rows(imagenet))
+    t = costs.totals(costs.rows(imagenet))
     assert t.params == 4_231_976 and t.moving == 21_888
     assert abs(t.madds - 569e6) / 569e6 < 0.01  # paper: 569M
-    shares = summary.by_op(summary.rows(imagenet))
+    shares = costs.by_op(costs.rows(imagenet))
     m_all = sum(m for m, _ in shares.values())
     assert abs(shares["Conv 1x1"][0] / m_all - 0.9486) < 0.001  # paper: 94.86%
     assert abs(shares["Conv DW 3x3"][0] / m_all - 0.0306) < 0.001  # paper: 3.06%
@@ -26,20 +26,20 @@ def test_imagenet_totals_match_paper_table_2(imagenet):
 
 
 def test_standard_variant_matches_paper_table_4():
-    t = summary.totals(summary.rows(MobileNetV1(standard=True, **IMAGENET)))
+    t = costs.totals(costs.rows(MobileNetV1(standard=True, **IMAGENET)))
     assert abs(t.params - 29.3e6) / 29.3e6 < 0.01 and abs(t.madds - 4866e6) / 4866e6 < 0.01
 
 
 @pytest.mark.parametrize("kwargs, madds", [({}, 46.35e6), ({"standard": True}, 397.3e6)])
 def test_cifar_defaults(kwargs, madds):
-    t = summary.totals(summary.rows(MobileNetV1(**kwargs)))
+    t = costs.totals(costs.rows(MobileNetV1(**kwargs)))
     assert abs(t.madds - madds) / madds < 0.001
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"alpha": 0.5, "standard": True}, {"alpha": 0.25, **IMAGENET}])
 def test_rows_agree_with_the_variables(kwargs):
     model = MobileNetV1(**kwargs)
-    table = summary.rows(model)
+    table = costs.rows(model)
     assert sum(r.params for r in table) == sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     assert sum(r.moving for r in table) == sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
 
@@ -50,11 +50,11 @@ def test_rows_agree_with_a_forward_pass():
     import tensorflow as tf
     x = tf.zeros([1, 32, 32, 3])
     x = model.stem(x)
-    assert summary.rows(model)[0].shape == tuple(x.shape[1:])
-    for block, row in zip(model.blocks, [r for r in summary.rows(model) if r.name.endswith(".pointwise")]):
+    assert costs.rows(model)[0].shape == tuple(x.shape[1:])
+    for block, row in zip(model.blocks, [r for r in costs.rows(model) if r.name.endswith(".pointwise")]):
         x = block(x, training=False)
         assert row.shape == tuple(x.shape[1:])
-    row = summary.rows(model)[2]  # blocks[0].depthwise at 32x32, 8 channels
+    row = costs.rows(model)[2]  # blocks[0].depthwise at 32x32, 8 channels
     assert row.madds == 32 * 32 * 9 * 8 and row.params == 9 * 8
 
 

@@ -23,11 +23,11 @@ def exported_speed(path: str, threads: int, runs: int = 200, warmup: int = 20, b
     batch-1 latency, the median of `runs` timed calls after `warmup` untimed ones, and batch-`batch`
     images/s, the best of `repeats` calls.  For a SavedModel, TensorFlow's thread pools are set here,
     so this must run before TensorFlow's first op in the process (`exported_table` gives each its own)."""
-    from lowlevel import export
+    from lowlevel import exported
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    model = export.Exported(path, threads)
+    model = exported.Exported(path, threads)
     rng = np.random.default_rng(0)
     one = rng.integers(0, 256, [1, *model.input_shape], dtype=np.uint8)
     many = rng.integers(0, 256, [batch, *model.input_shape], dtype=np.uint8)
@@ -39,7 +39,7 @@ def exported_speed(path: str, threads: int, runs: int = 200, warmup: int = 20, b
         model.predict(one)
         times.append(time.perf_counter() - start)
     model.predict(many)
-    return {"file": str(path), "bytes": export.size(path), "threads": threads,
+    return {"file": str(path), "bytes": exported.size(path), "threads": threads,
             "latency_ms": round(1000 * float(np.median(times)), 3),
             "images_per_s": round(batch / best_time(lambda: model.predict(many), repeats), 1)}
 
@@ -47,9 +47,9 @@ def exported_speed(path: str, threads: int, runs: int = 200, warmup: int = 20, b
 def exported_table(folder: str, threads: list[int], calls: int = 200) -> list[dict]:
     """exported_speed of every file export.json lists in `folder`, at each thread count, each in a new
     process (thread pools are fixed once TensorFlow starts, and no measurement warms another's caches)."""
-    from lowlevel import export
+    from lowlevel import exported
 
-    manifest = export.read_manifest(folder)
+    manifest = exported.read_manifest(folder)
     if manifest is None:
         raise RunError(f"{folder}: has no readable export.json; give a folder python -m lowlevel.export wrote.")
     rows = []

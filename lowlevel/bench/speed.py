@@ -125,10 +125,10 @@ def keras_throughput(batch: int, alpha: float, steps: int, repeats: int,
 
 
 def mult_adds(alpha: float) -> int:
-    from lowlevel import summary
+    from lowlevel import costs
     from lowlevel.nets.mobilenet import MobileNetV1
 
-    return summary.totals(summary.rows(MobileNetV1(alpha=alpha))).madds
+    return costs.totals(costs.rows(MobileNetV1(alpha=alpha))).madds
 
 
 def run(args) -> int:
