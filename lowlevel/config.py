@@ -61,11 +61,19 @@ class Config:
     optimizer: str = _f("sgd", "sgd (with Nesterov momentum) or adam", choices=("sgd", "adam"))
     lr: float = _f(0.1, "peak learning rate, reached after the warmup")
     momentum: float = _f(0.9, "SGD momentum (Adam: beta_1)")
-    weight_decay: float = _f(5e-4, "L2 weight decay on convolution and classifier kernels (Adam: decoupled)")
+    weight_decay: float = _f(5e-4, "L2 weight decay on the kinds of parameter --decay-on names (Adam: decoupled)")
+    decay_on: str = _f("conv,pointwise,depthwise,dense", "the kinds of parameter weight decay applies to, "
+                       "comma-separated, of: conv (k x k kernels), pointwise (1 x 1), depthwise, dense, norm "
+                       "(batch-norm scales and shifts), bias (lowlevel/optim.py); empty: none")
     warmup_epochs: float = _f(1.0, "epochs of linear learning-rate warmup from 0")
-    schedule: str = _f("cosine", "after warmup: cosine (to 0) or step (x0.1 at 50%% and 75%% of the epochs)",
-                        choices=("cosine", "step"))
+    schedule: str = _f("cosine", "after warmup: cosine (to 0), linear (to 0: with the warmup, a one-cycle "
+                                 "schedule) or step (x0.1 at 50%% and 75%% of the epochs)",
+                        choices=("cosine", "linear", "step"))
     label_smoothing: float = _f(0.1, "weight of the uniform distribution mixed into the one-hot targets")
+    ema: float = _f(0.0, "decay of an exponential moving average of the weights (lowlevel/ema.py), which then "
+                         "serves validation, the best checkpoint, the test, evaluate and export; 0: none")
+    tta: str = _f("none", "test-time augmentation of validation and the final test: none, or flip (the mean "
+                          "of the softmax over each image and its mirror image)", choices=("none", "flip"))
     # the model
     model: str = _f("mobilenet", "the network, one of: " + ", ".join(NETS) + " (python -m lowlevel.summary "
                                  "--model NAME shows its layers)", choices=tuple(NETS))
@@ -136,7 +144,13 @@ class Config:
         if self.strategy != "default" and self.precision == "float16":
             raise ConfigError(f"--precision float16 (its loss scaling) is written for one device, not for --strategy "
                               f"{self.strategy}; use float32 or bfloat16.")
-        for name in ("label_smoothing", "dropout", "momentum", "bn_momentum"):
+        from lowlevel.optim import KINDS  # (TensorFlow, which --help does not need)
+
+        unknown = [k for k in self.decay_on.split(",") if k and k not in KINDS]
+        if unknown:
+            raise ConfigError(f"{n('decay_on')} names {unknown[0]!r}, not a kind of parameter; give a "
+                              f"comma-separated list of: {', '.join(KINDS)}.")
+        for name in ("label_smoothing", "dropout", "momentum", "bn_momentum", "ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{n(name)} must be in [0, 1), not {getattr(self, name)}.")
         for name in ("weight_decay", "warmup_epochs", "val_size", "max_steps", "cutout"):

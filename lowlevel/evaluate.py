@@ -30,6 +30,12 @@ def parser() -> Parser:
     which.add_argument("--checkpoint", help="a run folder, or one checkpoint prefix (.../ckpt-N)")
     which.add_argument("--model", help="instead: an exported SavedModel folder or .tflite file (lowlevel.export)")
     p.add_argument("--best", action="store_true", help="with a run folder: its best checkpoint, not the latest")
+    p.add_argument("--weights", choices=("averaged", "trained"), default=None,
+                   help="with a checkpoint of a run trained with --ema: its moving average of the weights "
+                        "(the default) or the trained weights themselves")
+    p.add_argument("--tta", choices=("none", "flip"), default=None,
+                   help="with a checkpoint: test-time augmentation, none or flip (the mean of the softmax over "
+                        "each image and its mirror image); default: the run's --tta")
     p.add_argument("--data", default="", help="the data set's folder or its parent (default: the run's --data)")
     p.add_argument("--dataset", default="", help="with --model and no export.json beside it: the data set "
                                                  "(default cifar10)")
@@ -41,22 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate_exported(
             args.model, args.data, args.dataset))
-    return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate(args.checkpoint, args.best, args.data))
+    return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate(
+        args.checkpoint, args.best, args.data, args.weights or "", args.tta))
 
 
-def evaluate(checkpoint: str, best: bool = False, data_path: str = "") -> int:
+def evaluate(checkpoint: str, best: bool = False, data_path: str = "", weights: str = "",
+             tta: str | None = None) -> int:
     from lowlevel import pipeline
     from lowlevel.step import evaluator
 
-    loaded = runs.load(checkpoint, best, data_path)
+    loaded = runs.load(checkpoint, best, data_path, weights=weights)
+    tta = loaded.config.tta if tta is None else tta
     runs.check_writable(loaded.prefix.parent)  # the reports go beside the checkpoint: fail before the work
     print(kernels.line())
     if loaded.note:
         print(loaded.note)
     data, prefix = loaded.data, loaded.prefix
     test = pipeline.Batches(data.test_images, data.test_labels, loaded.normalization, 500)
-    loss, accuracy, preds = evaluator(loaded.model, test)()
-    report(data, preds, prefix, f"test loss {loss:.4f}, ")
+    loss, accuracy, preds = evaluator(loaded.model, test, tta)()
+    measured = (["averaged weights"] if loaded.weights == "averaged" else []) + ([f"{tta} TTA"] if tta != "none" else [])
+    report(data, preds, prefix, f"{', '.join(measured)}{': ' if measured else ''}test loss {loss:.4f}, ")
     return 0
 
 

@@ -138,6 +138,8 @@ def export(checkpoint: str, formats=ALL, out: str = "", best: bool = False, cali
     loaded = runs.load(checkpoint, best, data_path, precision="float32")
     if loaded.note:
         print(loaded.note)
+    if loaded.weights == "averaged":
+        print(f"exporting the averaged weights (the run's --ema {loaded.config.ema}) of {loaded.prefix}")
     folder = Path(out) if out else loaded.run / "export"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +212,8 @@ def write_manifest(folder: Path, loaded, formats, calibration: int) -> None:
         manifest = {"files": {f: name for f, name in FILES.items() if (folder / name).exists()}}
     cfg = loaded.config
     mean, std = loaded.normalization.values()
-    manifest.update(run=str(loaded.run), checkpoint=str(loaded.prefix), model=cfg.model, alpha=cfg.alpha,
+    manifest.update(run=str(loaded.run), checkpoint=str(loaded.prefix), weights=loaded.weights, model=cfg.model,
+                    alpha=cfg.alpha,
                     dataset=cfg.dataset, data=cfg.data, split_seed=cfg.split_seed,
                     input_shape=list(loaded.model.input_shape), label_names=list(loaded.data.label_names),
                     normalization={"mean": mean, "std": std})

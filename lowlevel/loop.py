@@ -102,12 +102,14 @@ class Loop:
         self.history = history.resume(run, self.trainer.step // self.spe)
         history.write(self.history_path, self.history)
         val = pipeline.Batches(val_x, val_y, norm, 500)
-        self.evaluate_val = step.evaluator(self.trainer.model, val) if len(val_x) else None
+        self.evaluate_val = step.evaluator(self.trainer.evaluated, val, cfg.tta) if len(val_x) else None
         self.bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
         self.clock = progress.Clock()
         self.events = Events(run, cfg.tensorboard and self.chief)
         print(f"run {run}: {self.train.n} training and {len(val_x)} validation images, {self.spe} steps per "
               f"epoch, {self.trainer.step} of {self.total} steps done", flush=True)
+        if cfg.ema or cfg.tta != "none":
+            print(f"validation and test measure the {describe(cfg)[2:]}", flush=True)
         self.kernels = kernels.describe()
         print(kernels.line(self.kernels), flush=True)
         if cfg.precision == "float16" and not tf.config.list_physical_devices("GPU"):
@@ -221,9 +223,9 @@ class Loop:
 
     def test(self) -> None:
         test = pipeline.Batches(self.data.test_images, self.data.test_labels, self.train.norm, 500)
-        loss, acc, _ = step.evaluator(self.trainer.model, test)()
+        loss, acc, _ = step.evaluator(self.trainer.evaluated, test, self.cfg.tta)()
         print(f"test loss {loss:.4f}, test accuracy {100 * acc:.2f}% ({test.n} images, checkpoint "
-              f"{self.manager.latest_checkpoint})", flush=True)
+              f"{self.manager.latest_checkpoint}{describe(self.cfg)})", flush=True)
 
 
 def restore(trainer: step.Trainer, cfg: Config, run: Path) -> None:
@@ -275,6 +277,14 @@ def restore(trainer: step.Trainer, cfg: Config, run: Path) -> None:
         moved = checkpoints.set_aside_after(run, checkpoints.step_of(prefix))
         print(f"continuing from {prefix}" + (f"; the later checkpoints are now in {moved}" if moved else ""),
               flush=True)
+
+
+def describe(cfg: Config) -> str:
+    """Which weights and which test-time augmentation are measured, e.g. ", averaged weights (--ema 0.999),
+    flip TTA"; empty for the trained weights without TTA."""
+    parts = ([f"averaged weights (--ema {cfg.ema})"] if cfg.ema else []) + (
+        [f"{cfg.tta} TTA"] if cfg.tta != "none" else [])
+    return "".join(", " + p for p in parts)
 
 
 class Signals:

@@ -7,11 +7,14 @@ takes the same variables in the same order (the optimizer does not hold them,
 so they are checkpointed once, under the model).  `iterations` counts the updates applied; the
 schedule turns it into the learning rate inside the graph.
 
-Weight decay (which variables): only variables whose name ends in `kernel`,
-i.e. the weights of convolutions (regular, depthwise, pointwise) and of the
-classifier.  Batch-norm gamma and beta and the biases are not decayed: they
-scale and shift, and pulling them to zero only fights the normalization.
-`decays(variables)` applies the rule; pass your own mask to change it.
+Weight decay (which variables): by kind of parameter (`kinds(model)`): the kernels of
+k x k convolutions ("conv", MobileNet's stem), of 1 x 1 ones ("pointwise"), of depthwise
+ones ("depthwise") and of dense layers ("dense", MobileNet's classifier); batch-norm gamma
+and beta ("norm") and biases ("bias").  Training's `--decay-on` names the kinds decayed.
+Scales and shifts are never worth decaying (pulling them to zero only fights the
+normalization); the MobileNet paper puts little or no decay on the depthwise filters,
+which have few parameters.  `decays(variables)` is the mask of every kernel, the
+optimizers' default; `decay_mask(model, kinds)` the mask of the kinds given.
 
 `skip()` counts an update without applying it: the float16 training step calls
 it instead of `apply` when its gradients overflowed (`LossScale`), so that the
@@ -24,9 +27,40 @@ import math
 from lowlevel._tf import tf
 
 
+KINDS = ("conv", "pointwise", "depthwise", "dense", "norm", "bias")  # of parameter (module docstring)
+
+
 def decays(variables) -> list[bool]:
-    """The default weight-decay mask: True for kernels, False for BN parameters and biases."""
+    """The optimizers' default weight-decay mask: True for kernels, False for BN parameters and biases."""
     return [v.name.split(":")[0].endswith("kernel") for v in variables]
+
+
+def kinds(model: tf.Module) -> dict[str, list[tf.Variable]]:
+    """Each of KINDS -> the model's trainable variables of that kind, found from the layer that owns them."""
+    from lowlevel import layers
+
+    found = {kind: [] for kind in KINDS}
+    for m in model.submodules:
+        if isinstance(m, layers.Conv2D):
+            found["conv" if m.kernel_size > 1 else "pointwise"].append(m.kernel)
+        elif isinstance(m, layers.DepthwiseConv2D):
+            found["depthwise"].append(m.kernel)
+        elif isinstance(m, layers.Dense):
+            found["dense"].append(m.kernel)
+        elif isinstance(m, layers.BatchNorm):
+            found["norm"] += [m.gamma, m.beta]
+        found["bias"] += [b for b in [getattr(m, "bias", None)] if isinstance(b, tf.Variable)]
+    listed = {v.ref() for vs in found.values() for v in vs}
+    missing = [v.name for v in model.trainable_variables if v.ref() not in listed]
+    if missing or len(listed) != len(model.trainable_variables):
+        raise ValueError(f"parameters of no known kind: {', '.join(missing)}")
+    return found
+
+
+def decay_mask(model: tf.Module, decayed) -> list[bool]:
+    """For each of model.trainable_variables, whether its kind is one of `decayed`."""
+    chosen = {v.ref() for kind in decayed for v in kinds(model)[kind]}
+    return [v.ref() in chosen for v in model.trainable_variables]
 
 
 # ---------------------------------------------------------------- schedules
@@ -47,6 +81,23 @@ class WarmupCosine:
         progress = tf.clip_by_value((t - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
         cosine = self.final + (self.peak - self.final) * 0.5 * (1.0 + tf.cos(math.pi * progress))
         return tf.where(t < self.warmup, warm, cosine)
+
+
+class WarmupLinear:
+    """The one-cycle shape: linear warmup from 0 to `peak` over `warmup` steps, then linear decay to 0:
+
+        lr(t) = peak * (t + 1) / warmup                                      t < warmup
+        lr(t) = peak * (total - t) / (total - warmup)                        t >= warmup
+    """
+
+    def __init__(self, peak: float, total: int, warmup: int = 0):
+        self.peak, self.total, self.warmup = peak, max(total, 1), warmup
+
+    def __call__(self, step) -> tf.Tensor:
+        t = tf.cast(step, tf.float32)
+        warm = self.peak * (t + 1.0) / max(self.warmup, 1)
+        down = self.peak * tf.clip_by_value((self.total - t) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        return tf.where(t < self.warmup, warm, down)
 
 
 class StepDecay:

@@ -137,12 +137,18 @@ class Loaded:
     normalization: object  # pipeline.Normalization the run trained with
     data: object  # datasets.Dataset the run evaluates on
     note: str = ""  # a notice for the user, e.g. that the normalization had to be recomputed
+    weights: str = "trained"  # which weights `model` holds: "trained" or "averaged" (--ema, lowlevel/ema.py)
 
 
-def load(path: str | Path, best: bool = False, data_path: str = "", precision: str = "") -> Loaded:
+WEIGHTS = ("", "averaged", "trained")  # load's choice ("": the averaged ones if the run has them)
+
+
+def load(path: str | Path, best: bool = False, data_path: str = "", precision: str = "",
+         weights: str = "") -> Loaded:
     """Restore a run's model from a run folder or a checkpoint prefix, with its config, normalization
     and data.  precision: build the model in this one instead of the run's (the variables are float32
-    in every precision, so they restore alike; export uses "float32").
+    in every precision, so they restore alike; export uses "float32").  weights: "trained", or
+    "averaged" (the moving average of a run trained with --ema); empty: averaged if the run has them.
     Errors (RunError, ConfigError, datasets.DataError) are one sentence."""
     from lowlevel._tf import tf
 
@@ -157,8 +163,12 @@ def load(path: str | Path, best: bool = False, data_path: str = "", precision: s
         cfg = dataclasses.replace(cfg, precision=precision)
     verify(prefix)
     data = datasets.load(cfg.dataset, data_path or cfg.data, cfg.split_seed)
+    if weights == "averaged" and not cfg.ema:
+        raise RunError(f"{run}: was trained without --ema, so it has no averaged weights; leave out "
+                       f"--weights averaged to use its trained ones.")
+    weights = weights or ("averaged" if cfg.ema else "trained")
     model = build_model(cfg, len(data.label_names), data.train_images.shape[1:])
-    objects = {"model": model}
+    objects = {"averaged" if weights == "averaged" else "model": model}
     note = ""
     if has_normalization(prefix):
         norm = objects["normalization"] = pipeline.Normalization.placeholder(data.train_images.shape[-1])
@@ -172,4 +182,4 @@ def load(path: str | Path, best: bool = False, data_path: str = "", precision: s
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise RunError(f"{prefix}: cannot be restored into the model its config.json describes "
                        f"({first_line(e)}); it is from another run or another version of lowlevel.") from None
-    return Loaded(run, prefix, cfg, model, norm, data, note)
+    return Loaded(run, prefix, cfg, model, norm, data, note, weights)

@@ -15,7 +15,7 @@ import numpy as np
 
 from lowlevel._tf import tf
 
-from lowlevel import distribute, layers, optim, pipeline, runs
+from lowlevel import distribute, ema, layers, optim, pipeline, runs
 from lowlevel.config import Config
 
 
@@ -43,21 +43,28 @@ class Trainer(tf.Module):
 
     def _build(self, cfg: Config, train: pipeline.Batches, num_classes: int) -> None:
         tf.random.set_seed(cfg.seed)  # the initial weights
-        self.model = runs.build_model(cfg, num_classes, input_shape=train.images.shape[1:])
+        def build():
+            return runs.build_model(cfg, num_classes, input_shape=train.images.shape[1:])
+
+        self.model = build()
         for bn in self.model.submodules:
             if isinstance(bn, layers.BatchNorm):
                 bn.sync = cfg.sync_bn  # only matters with several replicas
+        # the weights' moving average (--ema), or None; built after the model, so the model's initial
+        # weights are those of a run without it
+        self.average = ema.Average(self.model, cfg.ema, build) if cfg.ema else None
         spe = train.steps_per_epoch
         total, warmup = cfg.epochs * spe, int(cfg.warmup_epochs * spe)
-        if cfg.schedule == "cosine":
-            schedule = optim.WarmupCosine(cfg.lr, total, warmup)
-        else:
-            schedule = optim.StepDecay(cfg.lr, [total // 2, total * 3 // 4])
+        schedule = {"cosine": lambda: optim.WarmupCosine(cfg.lr, total, warmup),
+                    "linear": lambda: optim.WarmupLinear(cfg.lr, total, warmup),
+                    "step": lambda: optim.StepDecay(cfg.lr, [total // 2, total * 3 // 4])}[cfg.schedule]()
         params = self.model.trainable_variables
+        mask = optim.decay_mask(self.model, [k for k in cfg.decay_on.split(",") if k])
         if cfg.optimizer == "sgd":
-            self.optimizer = optim.SGD(params, schedule, cfg.momentum, True, cfg.weight_decay)
+            self.optimizer = optim.SGD(params, schedule, cfg.momentum, True, cfg.weight_decay, mask)
         else:
-            self.optimizer = optim.Adam(params, schedule, beta_1=cfg.momentum, weight_decay=cfg.weight_decay)
+            self.optimizer = optim.Adam(params, schedule, beta_1=cfg.momentum, weight_decay=cfg.weight_decay,
+                                        decay_mask=mask)
         # sums over the current epoch, checkpointed so that a resume mid-epoch reports the same epoch
         self.epoch_loss = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.epoch_correct = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -66,6 +73,11 @@ class Trainer(tf.Module):
         self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # seconds of training and eval
         self.seed = tf.Variable(cfg.seed, dtype=tf.int64, trainable=False)
         self.loss_scale = optim.LossScale() if cfg.precision == "float16" else None
+
+    @property
+    def evaluated(self) -> tf.Module:
+        """The weights validation, the best checkpoint and the test measure: the average's, if any."""
+        return self.average.model if self.average is not None else self.model
 
     @property
     def step(self) -> int:
@@ -84,6 +96,8 @@ class Trainer(tf.Module):
     def checkpoint(self, normalization: bool = True) -> tf.train.Checkpoint:
         """What a checkpoint holds; normalization=False for restoring runs from before it was saved."""
         extra = {"loss_scale": self.loss_scale} if self.loss_scale is not None else {}
+        if self.average is not None:
+            extra["averaged"] = self.average.model  # restored alone as a model by runs.load
         if normalization:
             extra["normalization"] = self.train.norm
         return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch_loss=self.epoch_loss,
@@ -108,6 +122,8 @@ class Trainer(tf.Module):
             lr = tf.cond(finite, lambda: self.optimizer.apply(grads, params), self.optimizer.skip)
         else:
             lr = self.optimizer.apply(grads, params)
+        if self.average is not None:
+            self.average.update(self.model, step)
         b = tf.cast(tf.shape(y)[0], tf.float64)
         correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, tf.int32) == y, tf.float64))
         loss_sum, correct, seen = distribute.all_reduce_sum([tf.cast(loss, tf.float64) * b, correct, b])
@@ -128,7 +144,9 @@ class Trainer(tf.Module):
     @tf.function
     def all_finite(self) -> tf.Tensor:
         """Whether every floating-point variable (weights, moving statistics, optimizer slots) is finite."""
-        state = [v for v in self.model.variables + self.optimizer.variables if v.dtype.is_floating]
+        averaged = list(self.average.variables) if self.average is not None else []
+        state = [v for v in list(self.model.variables) + list(self.optimizer.variables) + averaged
+                 if v.dtype.is_floating]
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in state])
 
     @tf.function
@@ -141,8 +159,24 @@ class Trainer(tf.Module):
             loss = cross_entropy(self.model(x, training=False), y, self.cfg.label_smoothing)
         return [tf.norm(g) for g in tape.gradient(loss, kernels)]
 
-def evaluator(model, batches: pipeline.Batches):
-    """A compiled function returning (mean loss, accuracy, predictions int32 [N]) over every image once."""
+def log_probabilities(model, x, tta: str = "none") -> tf.Tensor:
+    """log p [B, K] for images x [B, H, W, C], in inference mode (batch norms folded):
+
+        tta "none":  p = softmax(f(x))
+        tta "flip":  p = (softmax(f(x)) + softmax(f(mirror(x)))) / 2,   mirror(x)[:, i, j] = x[:, i, W-1-j]
+
+    (the mean taken in log space: log p = logsumexp(log_softmax(f(x)), log_softmax(f(mirror(x)))) - log 2).
+    """
+    log_p = tf.nn.log_softmax(tf.cast(model.inference(x), tf.float32))
+    if tta == "flip":
+        mirrored = tf.nn.log_softmax(tf.cast(model.inference(tf.reverse(x, axis=[2])), tf.float32))
+        log_p = tf.reduce_logsumexp(tf.stack([log_p, mirrored]), axis=0) - np.log(2.0).astype(np.float32)
+    return log_p
+
+
+def evaluator(model, batches: pipeline.Batches, tta: str = "none"):
+    """A compiled function returning (mean loss, accuracy, predictions int32 [N]) over every image once.
+    The loss is the mean of -log p_y (`log_probabilities`; with tta "none", the cross-entropy)."""
 
     @tf.function
     def run():
@@ -150,10 +184,10 @@ def evaluator(model, batches: pipeline.Batches):
         preds = tf.TensorArray(tf.int32, size=batches.num_eval_batches, infer_shape=False)
         for k in tf.range(batches.num_eval_batches):
             x, y = batches.eval_batch(k)
-            logits = model.inference(x)  # = model(x, training=False), batch norms folded
-            b = tf.cast(tf.shape(y)[0], tf.float64)
-            loss_sum += tf.cast(cross_entropy(logits, y), tf.float64) * b
-            preds = preds.write(k, tf.argmax(logits, -1, tf.int32))
+            log_p = log_probabilities(model, x, tta)  # [B, K]
+            nll = -tf.gather(log_p, y, batch_dims=1)  # [B]
+            loss_sum += tf.reduce_sum(tf.cast(nll, tf.float64))
+            preds = preds.write(k, tf.argmax(log_p, -1, tf.int32))
         return loss_sum / batches.n, preds.concat()
 
     def evaluate():
