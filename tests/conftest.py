@@ -59,7 +59,7 @@ def weights(prefix):
     import tensorflow as tf
     reader = tf.train.load_checkpoint(str(prefix))
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("model/", "optimizer/", "normalization/", "best_val"))}
+            if k.startswith(("model/", "optimizer/", "normalization/", "best_val", "averaged/"))}
 
 
 def assert_same_weights(a, b):

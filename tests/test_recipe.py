@@ -1,0 +1,158 @@
+"""The recipe's tricks: the weights' moving average, flip test-time augmentation, weight decay by kind
+of parameter, the one-cycle schedule; each against a closed form or a hand computation, and EMA through
+a stopped and resumed run."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lowlevel import ema, optim, pipeline, step
+from lowlevel.config import Config
+from lowlevel.nets.mobilenet import MobileNetV1
+
+from conftest import STRAIGHT, one_error, run_module, same_run, weights
+
+
+class Pair(tf.Module):
+    def __init__(self, seed):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.a = tf.Variable(rng.normal(size=[3, 2]).astype(np.float32))
+        self.b = tf.Variable(rng.normal(size=[4]).astype(np.float32), trainable=False)  # a moving statistic
+
+
+def test_ema_against_its_closed_form():
+    """After updates t = 0..T-1 with weights w_t, the shadow is the weighted sum
+    prod_t d_t * w_init + sum_t (1 - d_t) prod_{u > t} d_u * w_t, with d_t = min(decay, (1 + t) / (10 + t))."""
+    model, decay, steps = Pair(0), 0.9, 120
+    w_init = [v.numpy() for v in model.variables]
+    average = ema.Average(model, decay, lambda: Pair(1))
+    for s, w in zip(average.model.variables, w_init):
+        np.testing.assert_array_equal(s.numpy(), w)  # starts as the model
+    rng = np.random.default_rng(2)
+    seen = []
+    for t in range(steps):
+        for v in model.variables:
+            v.assign(rng.normal(size=v.shape).astype(np.float32))
+        seen.append([v.numpy().astype(np.float64) for v in model.variables])
+        average.update(model, tf.constant(t, tf.int64))
+    d = np.minimum(decay, (1.0 + np.arange(steps)) / (10.0 + np.arange(steps)))
+    assert d[0] == pytest.approx(0.1) and d[-1] == pytest.approx(0.9)  # the warm-up, then the decay
+    after = np.array([np.prod(d[t + 1:]) for t in range(steps)])  # prod_{u > t} d_u
+    for i, s in enumerate(average.model.variables):
+        expected = np.prod(d) * w_init[i] + sum((1 - d[t]) * after[t] * seen[t][i] for t in range(steps))
+        np.testing.assert_allclose(s.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert {v.ref() for v in average.variables} == {v.ref() for v in average.model.variables}  # shadows only
+
+
+def _trainer(**config):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 40)
+    cfg = Config(alpha=0.125, batch_size=8, cutout=0, **config)
+    batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), 8, seed=0)
+    return step.Trainer(cfg, batches), batches.order(0)
+
+
+def test_the_training_step_averages_every_variable_after_its_update():
+    """Through the compiled step: the shadow after n steps is the recursion over the weights each step left,
+    the batch norms' moving statistics included."""
+    t, order = _trainer(ema=0.8)
+    assert len(t.average.model.variables) == len(t.model.variables)
+    shadow = [v.numpy().astype(np.float64) for v in t.model.variables]
+    for k in range(5):
+        t.train_steps(order, tf.constant(1))
+        d = min(0.8, (1 + k) / (10 + k))
+        shadow = [d * s + (1 - d) * v.numpy() for s, v in zip(shadow, t.model.variables)]
+    moving = [i for i, v in enumerate(t.model.variables) if "moving_mean" in v.name]
+    assert moving and not np.allclose(t.model.variables[moving[0]].numpy(), 0)  # the statistics moved
+    for s, v in zip(shadow, t.average.model.variables):
+        np.testing.assert_allclose(v.numpy(), s, rtol=1e-4, atol=1e-6, err_msg=v.name)
+    assert t.evaluated is t.average.model
+    plain, averaged = _trainer()[0], _trainer(ema=0.8)[0]
+    assert plain.average is None and plain.evaluated is plain.model
+    for a, b in zip(plain.model.variables, averaged.model.variables):  # --ema leaves the initial weights alone
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_flip_tta_against_a_hand_computation():
+    """log p = log((softmax(f(x)) + softmax(f(mirror x))) / 2), mirror reversing the width; the loss is -log p_y."""
+    model = MobileNetV1(alpha=0.125)
+    rng = np.random.default_rng(3)
+    images, labels = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 12)
+    norm = pipeline.Normalization.of(images)
+    x = norm(tf.constant(images)).numpy()  # (x / 255 - mean) / std
+    softmax = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+    logits = model(tf.constant(x), training=False).numpy()
+    mirrored = model(tf.constant(x[:, :, ::-1, :].copy()), training=False).numpy()
+    p = (softmax(logits.astype(np.float64)) + softmax(mirrored.astype(np.float64))) / 2
+    assert not np.allclose(logits, mirrored, atol=1e-3)  # the mirror image is another input
+    got = step.log_probabilities(model, tf.constant(x), "flip").numpy()
+    np.testing.assert_allclose(np.exp(got), p, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(step.log_probabilities(model, tf.constant(x)).numpy(),
+                               np.log(softmax(logits.astype(np.float64))), rtol=1e-4, atol=1e-5)
+    batches = pipeline.Batches(images, labels, norm, 5)
+    loss, accuracy, preds = step.evaluator(model, batches, "flip")()
+    assert loss == pytest.approx(-np.mean(np.log(p[np.arange(12), labels])), rel=1e-4)
+    np.testing.assert_array_equal(preds, p.argmax(1))
+    assert accuracy == pytest.approx(np.mean(p.argmax(1) == labels))
+
+
+def test_weight_decay_groups_by_kind_of_parameter():
+    model = MobileNetV1(alpha=0.25)
+    kinds = {k: sorted(v.name.removesuffix(":0") for v in vs) for k, vs in optim.kinds(model).items()}
+    assert kinds["conv"] == ["mobilenet_v1/stem/kernel"]
+    assert kinds["dense"] == ["mobilenet_v1/classifier/kernel"]
+    assert kinds["bias"] == ["mobilenet_v1/classifier/bias"]
+    assert kinds["depthwise"] == sorted(f"mobilenet_v1/block_{i}/depthwise/kernel" for i in range(13))
+    assert len(kinds["pointwise"]) == 13 and all("pointwise" in n for n in kinds["pointwise"])
+    assert len(kinds["norm"]) == 2 * 27 and all(n.endswith(("gamma", "beta")) for n in kinds["norm"])
+    assert sum(map(len, kinds.values())) == len(model.trainable_variables)  # each parameter in one kind
+    mask = optim.decay_mask(model, ["conv", "pointwise", "dense"])
+    decayed = {v.name.removesuffix(":0") for v, d in zip(model.trainable_variables, mask) if d}
+    assert decayed == set(kinds["conv"] + kinds["pointwise"] + kinds["dense"])
+    every_kernel = optim.decay_mask(model, ["conv", "pointwise", "depthwise", "dense"])
+    assert every_kernel == optim.decays(model.trainable_variables)  # the default: every kernel, as before
+
+
+def test_the_decay_on_flag_reaches_the_optimizer_and_is_checked():
+    t, _ = _trainer(decay_on="conv,dense")
+    decayed = [v.name for v, d in zip(t.model.trainable_variables, t.optimizer.decay_mask) if d]
+    assert sorted(decayed) == ["mobilenet_v1/classifier/kernel:0", "mobilenet_v1/stem/kernel:0"]
+    assert not any(_trainer(decay_on="")[0].optimizer.decay_mask)
+    with pytest.raises(Exception, match="'depthwize', not a kind of parameter"):
+        Config(decay_on="conv,depthwize").check()
+
+
+def test_one_cycle_schedule_closed_form():
+    s = optim.WarmupLinear(0.4, total=100, warmup=20)
+    lr = [float(s(t)) for t in range(101)]
+    assert lr[0] == pytest.approx(0.02) and lr[19] == pytest.approx(0.4)
+    assert lr[20] == pytest.approx(0.4) and lr[60] == pytest.approx(0.2) and lr[100] == 0.0
+    assert all(a >= b for a, b in zip(lr[20:], lr[21:]))
+
+
+@pytest.mark.slow
+def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, data, cli, straight):
+    """--ema: the shadow is checkpointed and continues exactly after a stop; validation, the best checkpoint,
+    the test and evaluate use it, `evaluate --weights trained` the trained weights; --tta flip likewise."""
+    flags = ["--data", data, *STRAIGHT, "--ema", "0.9", "--tta", "flip"]
+    out = run_module("train", tmp_path, *flags, "--run-name", "s").stdout
+    stopped = run_module("train", tmp_path, *flags, "--run-name", "r", "--max-steps", "13")
+    assert "stopped (--max-steps 13)" in stopped.stdout
+    run_module("train", tmp_path, "--run-name", "r", "--resume")
+    runs = tmp_path / "checkpoints"
+    same_run(runs / "r", runs / "s")
+    assert any(k.startswith("averaged/") for k in weights(runs / "r" / "ckpt-30"))  # compared by same_run
+    assert "validation and test measure the averaged weights (--ema 0.9), flip TTA" in out
+    reported = float(out.split("test accuracy ")[1].split("%")[0])
+    status, out, _ = cli("evaluate", tmp_path, "--checkpoint", runs / "s")
+    assert status == 0 and "averaged weights, flip TTA: test loss" in out
+    assert float(out.split("test accuracy ")[1].split("%")[0]) == reported
+    status, trained, _ = cli("evaluate", tmp_path, "--checkpoint", runs / "s", "--weights", "trained", "--tta", "none")
+    assert status == 0 and "ckpt-30: test loss" in trained
+    assert trained.split("test loss ")[1].split(",")[0] != out.split("test loss ")[1].split(",")[0]
+    one_error(*cli("evaluate", tmp_path, "--checkpoint", straight[0], "--weights", "averaged")[::2],
+              "trained without --ema", "leave out --weights averaged")
+    config = json.loads((runs / "s" / "config.json").read_text())
+    assert config["ema"] == 0.9 and config["tta"] == "flip"
