@@ -99,7 +99,7 @@ def measure(name: str, model: str, alpha: float, run: Path, data_path: str) -> d
     test = pipeline.Batches(loaded.data.test_images, loaded.data.test_labels, loaded.normalization, 500)
     _, accuracy, _ = evaluator(loaded.model, test)()
     x = loaded.normalization(loaded.data.test_images[:500])
-    infer = tf.function(loaded.model.inference)
+    infer = tf.function(loaded.model.inference, autograph=False)
     infer(x)  # trace and warm up
     n, start = 0, time.perf_counter()
     while n < 2000 or time.perf_counter() - start < 1.0:

@@ -85,8 +85,10 @@ def deployed(model, normalization):
 
     module = tf.Module(name="deployed")
     module.model, module.normalization = model, normalization
-    module.serve = tf.function(outputs, input_signature=[tf.TensorSpec([None, *shape], tf.uint8, name="images")])
-    module.pixels = tf.function(outputs, input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="images")])
+    module.serve = tf.function(outputs, autograph=False,
+                               input_signature=[tf.TensorSpec([None, *shape], tf.uint8, name="images")])
+    module.pixels = tf.function(outputs, autograph=False,
+                                input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="images")])
     return module
 
 

@@ -178,7 +178,7 @@ def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict]:
 
     model, data = loaded.model, loaded.data
     layers = model.conv_layers()
-    tapped = tf.function(lambda x: model(x, training=False, taps="pre"))
+    tapped = tf.function(lambda x: model(x, training=False, taps="pre"), autograph=False)
     stats = {name: Accumulator(conv.out_channels) for name, conv, _ in layers}
     example = None
     for start in range(0, n, batch):
@@ -249,7 +249,8 @@ def op_counts(model, batch: int = 1) -> dict[str, int]:
     is made of, most frequent first: the raw TensorFlow ops the network is built from."""
     from lowlevel._tf import tf
 
-    return count_ops(tf.function(model.inference).get_concrete_function(tf.TensorSpec([batch, *model.input_shape])))
+    inference = tf.function(model.inference, autograph=False)
+    return count_ops(inference.get_concrete_function(tf.TensorSpec([batch, *model.input_shape])))
 
 
 def count_ops(concrete) -> dict[str, int]:

@@ -132,16 +132,20 @@ class Trainer(tf.Module):
         self.epoch_seen.assign_add(tf.cast(seen, tf.int64))
         return lr
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_steps(self, order, n) -> tf.Tensor:
-        """n training steps on the epoch whose image order is `order`; returns the last learning rate."""
-        lr, start = tf.constant(0.0), self.optimizer.iterations.read_value()
-        for i in tf.range(n):
+        """n training steps on the epoch whose image order is `order`; returns the last learning rate.
+        The loop is a tf.while_loop written out, and AutoGraph is off: the graph is the code as written."""
+        start = self.optimizer.iterations.read_value()
+
+        def body(i, lr):
             step = start + tf.cast(i, tf.int64)  # not re-read: under a strategy the update is cross-replica
             lr = self.strategy.experimental_local_results(self.strategy.run(self._step, args=(order, step)))[0]
-        return lr
+            return i + 1, lr
 
-    @tf.function
+        return tf.while_loop(lambda i, lr: i < n, body, [tf.constant(0), tf.constant(0.0)])[1]
+
+    @tf.function(autograph=False)
     def all_finite(self) -> tf.Tensor:
         """Whether every floating-point variable (weights, moving statistics, optimizer slots) is finite."""
         averaged = list(self.average.variables) if self.average is not None else []
@@ -149,7 +153,7 @@ class Trainer(tf.Module):
                  if v.dtype.is_floating]
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in state])
 
-    @tf.function
+    @tf.function(autograph=False)
     def grad_norms(self, order, step) -> list[tf.Tensor]:
         """The norm of the loss's gradient with respect to each convolution's kernel, on training batch
         `step`, in inference mode (moving statistics used, none updated): for TensorBoard."""
@@ -178,16 +182,18 @@ def evaluator(model, batches: pipeline.Batches, tta: str = "none"):
     """A compiled function returning (mean loss, accuracy, predictions int32 [N]) over every image once.
     The loss is the mean of -log p_y (`log_probabilities`; with tta "none", the cross-entropy)."""
 
-    @tf.function
+    @tf.function(autograph=False)
     def run():
-        loss_sum = tf.constant(0.0, tf.float64)
-        preds = tf.TensorArray(tf.int32, size=batches.num_eval_batches, infer_shape=False)
-        for k in tf.range(batches.num_eval_batches):
+        def body(k, loss_sum, preds):
             x, y = batches.eval_batch(k)
             log_p = log_probabilities(model, x, tta)  # [B, K]
             nll = -tf.gather(log_p, y, batch_dims=1)  # [B]
-            loss_sum += tf.reduce_sum(tf.cast(nll, tf.float64))
-            preds = preds.write(k, tf.argmax(log_p, -1, tf.int32))
+            return (k + 1, loss_sum + tf.reduce_sum(tf.cast(nll, tf.float64)),
+                    preds.write(k, tf.argmax(log_p, -1, tf.int32)))
+
+        start = [tf.constant(0), tf.constant(0.0, tf.float64),
+                 tf.TensorArray(tf.int32, size=batches.num_eval_batches, infer_shape=False)]
+        _, loss_sum, preds = tf.while_loop(lambda k, *_: k < batches.num_eval_batches, body, start)
         return loss_sum / batches.n, preds.concat()
 
     def evaluate():

@@ -33,14 +33,10 @@ def strategy_throughput(batch: int, alpha: float, steps: int, repeats: int, repl
     n = tf.constant(steps)
     params = trainer.model.trainable_variables  # read in the step: constants' sums would be folded away
 
-    @tf.function
-    def all_reduce(k):
-        acc = tf.constant(0.0)
-        for _ in tf.range(k):  # the loop outside strategy.run, as in Trainer.train_steps
-            acc += mirrored.experimental_local_results(mirrored.run(  # one value of each sum, so none is pruned
-                lambda: tf.add_n([tf.reshape(g, [-1])[0] for g in distribute.all_reduce_sum(
-                    [tf.identity(v) for v in params])])))[0]
-        return acc
+    # the loop outside strategy.run, as in Trainer.train_steps; one value of each sum, so none is pruned
+    all_reduce = timing.summed(lambda i: mirrored.experimental_local_results(mirrored.run(
+        lambda: tf.add_n([tf.reshape(g, [-1])[0] for g in distribute.all_reduce_sum(
+            [tf.identity(v) for v in params])])))[0])
 
     float(all_reduce(tf.constant(1)))
     result["gradient_all_reduce_ms"] = 1000 * best_time(lambda: float(all_reduce(n)), repeats) / steps

@@ -25,12 +25,7 @@ def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int,
     x, _ = batches.eval_batch(0)
     model = t.model
 
-    @tf.function
-    def infer(k):
-        acc = tf.constant(0.0)
-        for _ in tf.range(k):
-            acc += model.inference(x)[0, 0]  # batch norms folded
-        return acc
+    infer = timing.summed(lambda i: tf.cast(model.inference(x)[0, 0], tf.float32))  # batch norms folded
 
     float(infer(tf.constant(1)))
     return train, batch * steps / best_time(lambda: float(infer(tf.constant(steps))), repeats)
@@ -46,13 +41,7 @@ def pipeline_throughput(batch: int, steps: int, repeats: int) -> float:
                                cutout=Config().cutout)
     order = batches.order(0)
 
-    @tf.function
-    def run(n):
-        acc = tf.constant(0.0)
-        for step in tf.range(n):
-            x, _ = batches.train_batch(order, step)
-            acc += x[0, 0, 0, 0]  # use the batch, so it is computed
-        return acc
+    run = timing.summed(lambda step: batches.train_batch(order, step)[0][0, 0, 0, 0])  # used, so computed
 
     float(run(tf.constant(1)))
     return batch * steps / best_time(lambda: float(run(tf.constant(steps))), repeats)

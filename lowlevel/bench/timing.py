@@ -19,20 +19,25 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def summed(fn, shape=(), dtype=tf.float32):
+    """A compiled function of k (int32 tensor): the sum of fn(i) over i = 0 .. k-1, each fn(i) a tensor
+    of `shape` (a tf.while_loop written out, AutoGraph off, as in step.Trainer.train_steps)."""
+    @tf.function(autograph=False)
+    def run(k):
+        return tf.while_loop(lambda i, acc: i < k, lambda i, acc: (i + 1, acc + fn(i)),
+                             [tf.constant(0), tf.zeros(shape, dtype)])[1]
+    return run
+
+
 def matmul_gflops(n: int = 2048, reps: int = 10, repeats: int = 3, dtype=tf.float32) -> float:
     """[n, n] @ [n, n] in `dtype`, `reps` in one compiled call: 2 n^3 FLOPs each."""
     a = tf.cast(tf.random.normal([n, n]), dtype)
     b = tf.cast(tf.random.normal([n, n]), dtype)
 
-    @tf.function
-    def run():
-        acc = tf.zeros([n, n], dtype)
-        for _ in tf.range(reps):
-            acc += tf.matmul(a, b)
-        return acc[0, 0]
-
-    run().numpy()
-    return 2 * n ** 3 * reps / best_time(lambda: run().numpy(), repeats) / 1e9
+    run = summed(lambda i: tf.matmul(a, b), [n, n], dtype)
+    k = tf.constant(reps)
+    run(k).numpy()
+    return 2 * n ** 3 * reps / best_time(lambda: run(k)[0, 0].numpy(), repeats) / 1e9
 
 
 def random_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
