@@ -27,6 +27,7 @@ def cifar_dir(tmp_path):
 # ---------------------------------------------------------------- training runs on tiny data
 
 import shlex  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 
 # alpha 0.125, 80 training images in 10 steps of 8 per epoch, 20 held out
@@ -70,12 +71,32 @@ def assert_same_weights(a, b):
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
 
 
+def made_once(tmp_path_factory, name: str, make):
+    """The folder `name`, filled by make(folder) once per test session and shared by the xdist workers:
+    their temporary folders share a parent, and a file lock lets one worker make it while the others
+    wait.  A test treats it as read-only, or copies it (one worker's writes would race another's)."""
+    from filelock import FileLock
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: its own folder
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
     """A tiny CIFAR-10 folder (100 training, 30 test images)."""
-    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
-    fakecifar.write(folder, "py2")
-    return folder
+    return made_once(tmp_path_factory, "cifar", lambda f: fakecifar.write(f / "cifar-10-batches-py", "py2")
+                     ) / "cifar-10-batches-py"
 
 
 STRAIGHT = ["--epochs", "3", *TINY]
@@ -83,10 +104,14 @@ STRAIGHT = ["--epochs", "3", *TINY]
 
 @pytest.fixture(scope="session")
 def straight(tmp_path_factory, data):
-    """A 3-epoch tiny run that was never interrupted: what every stopped and resumed run must equal."""
-    cwd = tmp_path_factory.mktemp("straight")
-    out = run_module("train", cwd, "--data", data, "--run-name", "straight", *STRAIGHT).stdout
-    return cwd / "checkpoints" / "straight", out
+    """A 3-epoch tiny run that was never interrupted, what every stopped and resumed run must equal:
+    (its folder, what train printed).  Shared by the workers: copy it to change it."""
+    def make(cwd):
+        out = run_module("train", cwd, "--data", data, "--run-name", "straight", *STRAIGHT).stdout
+        (cwd / "train-output.txt").write_text(out)
+
+    cwd = made_once(tmp_path_factory, "straight", make)
+    return cwd / "checkpoints" / "straight", (cwd / "train-output.txt").read_text()
 
 
 def same_run(run, straight_run):

@@ -134,31 +134,48 @@ def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
     assert out["unsynced"] > 10 * out["unfused"], out
 
 
-def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(tmp_path, data):
+MIRRORED = ["--epochs", "2", "--batch-size", "16", "--steps-per-call", "2"]  # with TINY: 5 steps per epoch
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory, data):
+    """Runs of `train --strategy mirrored` on 2 logical CPUs, in one process: "seven", 7 steps straight;
+    "parts", stopped at step 3 and resumed to 7; "mixed", 5 steps on one device, then 2 on two.
+    Made once for all workers (conftest.made_once): copy a run to change it."""
+    from conftest import TINY, made_once
+
+    def make(cwd):
+        args = ["--data", str(data), *TINY, *MIRRORED]
+        statuses = in_two_devices(f"""
+            import os
+            os.chdir({str(cwd)!r})
+            from lowlevel import train
+            print(json.dumps([
+                train.main({[*args, "--run-name", "seven", "--strategy", "mirrored", "--max-steps", "7"]!r}),
+                train.main({[*args, "--run-name", "parts", "--strategy", "mirrored", "--max-steps", "3"]!r}),
+                train.main(["--run-name", "parts", "--resume", "--strategy", "mirrored", "--max-steps", "7"]),
+                train.main({[*args, "--run-name", "mixed", "--max-steps", "5"]!r}),
+                train.main(["--run-name", "mixed", "--resume", "--strategy", "mirrored", "--max-steps", "7"])]))
+        """)
+        assert statuses == [0, 0, 0, 0, 0]
+
+    return made_once(tmp_path_factory, "mirrored", make) / "checkpoints"
+
+
+def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(tmp_path, mirrored):
     """python -m lowlevel.train --strategy mirrored on 2 logical CPUs: stopped and resumed it ends with
     the very weights of the uninterrupted 2-replica run; its checkpoint evaluates on one device and
-    resumes there."""
-    from conftest import TINY, run_module
+    resumes there; a one-device checkpoint resumes on two."""
+    import shutil
 
-    args = ["--data", str(data), "--epochs", "2", *TINY, "--batch-size", "16", "--steps-per-call", "2"]
-    out = in_two_devices(f"""
-        import os
-        os.chdir({str(tmp_path)!r})
-        from lowlevel import train
-        statuses = [train.main({[*args, "--run-name", "two", "--strategy", "mirrored"]!r}),
-                    train.main({[*args, "--run-name", "parts", "--strategy", "mirrored", "--max-steps", "3"]!r}),
-                    train.main(["--run-name", "parts", "--resume", "--strategy", "mirrored"]),
-                    train.main({[*args, "--run-name", "mixed1", "--max-steps", "5"]!r}),
-                    train.main(["--run-name", "mixed1", "--resume", "--strategy", "mirrored", "--max-steps", "7"])]
-        print(json.dumps(statuses))
-    """)
-    assert out == [0, 0, 0, 0, 0]
-    assert (tmp_path / "checkpoints" / "mixed1" / "ckpt-7.index").is_file()  # 1 replica, then 2
-    runs_dir = tmp_path / "checkpoints"
-    assert_same_weights(runs_dir / "two" / "ckpt-10", runs_dir / "parts" / "ckpt-10")
-    assert "test accuracy" in run_module("evaluate", tmp_path, "--checkpoint", runs_dir / "two").stdout
-    run_module("train", tmp_path, "--run-name", "mixed1", "--resume", "--max-steps", "8")  # and then 1 again
-    assert (runs_dir / "mixed1" / "ckpt-8.index").is_file()
+    from conftest import run_module
+
+    assert_same_weights(mirrored / "seven" / "ckpt-7", mirrored / "parts" / "ckpt-7")
+    assert (mirrored / "mixed" / "ckpt-7.index").is_file()  # 1 replica, then 2
+    shutil.copytree(mirrored, tmp_path / "checkpoints")
+    assert "test accuracy" in run_module("evaluate", tmp_path, "--checkpoint", "checkpoints/seven").stdout
+    run_module("train", tmp_path, "--run-name", "mixed", "--resume", "--max-steps", "8")  # and then 1 again
+    assert (tmp_path / "checkpoints" / "mixed" / "ckpt-8.index").is_file()
 
 
 def test_an_indivisible_batch_is_one_sentence(tmp_path, data):
@@ -238,26 +255,22 @@ def workers():
         p.communicate()
 
 
-def test_two_worker_processes_train_what_two_devices_train_and_only_the_chief_writes(tmp_path, data, workers):
+def test_two_worker_processes_train_what_two_devices_train_and_only_the_chief_writes(tmp_path, data, workers,
+                                                                                        mirrored):
     from conftest import TINY
 
-    args = ["--data", data, "--epochs", "2", *TINY, "--batch-size", "16", "--steps-per-call", "2", "--max-steps", "7"]
+    args = ["--data", data, *TINY, *MIRRORED, "--max-steps", "7"]
     procs = workers(tmp_path, [*args, "--run-name", "mw"])
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "multi-worker: this is worker 1 of TF_CONFIG's 2 (127.0.0.1:" in outs[1][0]
-    run, two = tmp_path / "checkpoints" / "mw", tmp_path / "checkpoints" / "two"
+    run, two = tmp_path / "checkpoints" / "mw", mirrored / "seven"
     assert not list((tmp_path / "tmp").glob("lowlevel-worker-*"))  # the other worker's temporary run folder
     # the same run as 2 replicas in one process, 2 logical devices: the very same weights (a sum of two
     # float32 values does not depend on which is added to which)
-    in_two_devices(f"""
-        import os
-        os.chdir({str(tmp_path)!r})
-        from lowlevel import train
-        print(json.dumps(train.main({[*map(str, args), "--run-name", "two", "--strategy", "mirrored"]!r})))
-    """)
     assert_same_weights(run / "ckpt-7", two / "ckpt-7")
-    assert sorted(p.name for p in run.rglob("*")) == sorted(p.name for p in two.rglob("*"))  # what one process writes
+    written = sorted(p.name for p in run.rglob("*"))
+    assert written == sorted(p.name for p in two.rglob("*"))  # what one process writes
     timeless = [(row.split(",")[:-3]) for row in (run / "history.csv").read_text().splitlines()]  # timings and kernels aside
     assert timeless == [(row.split(",")[:-3]) for row in (two / "history.csv").read_text().splitlines()]
 

@@ -22,20 +22,23 @@ FORMATS = [*export.ALL, "tflite-int8-per-tensor"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny run trained on images whose colour tells their class (so it is right and confident, and
-    int8's agreement with it means something), exported in every format in this process:
-    (run, export folder, loaded run)."""
+    int8's agreement with it means something), exported in every format (once for all workers,
+    conftest.made_once): (run, export folder, loaded run)."""
     import fakecifar
-    from conftest import run_module
+    from conftest import made_once, run_module
 
-    cwd = tmp_path_factory.mktemp("export")
-    fakecifar.write(cwd / "cifar-10-batches-py", per_batch=40, n_test=100, learnable=True)
-    run_module("train", cwd, "--data", cwd / "cifar-10-batches-py", "--run-name", "colours", "--epochs", "15",
-               "--alpha", "0.25", "--batch-size", "20", "--val-size", "20", "--lr", "0.1", "--warmup-epochs", "0.5",
-               "--bn-momentum", "0.9", "--progress", "none", "--steps-per-call", "3", "--no-tensorboard")
-    run, out = cwd / "checkpoints" / "colours", cwd / "export"
-    for fmt in ("all", "tflite-int8-per-tensor"):
-        assert export.main(["--checkpoint", str(run), "--format", fmt, "--out", str(out), "--calibration", "60"]) == 0
-    return run, out, runs.load(run)
+    def make(cwd):
+        fakecifar.write(cwd / "cifar-10-batches-py", per_batch=40, n_test=100, learnable=True)
+        run_module("train", cwd, "--data", cwd / "cifar-10-batches-py", "--run-name", "colours", "--epochs", "15",
+                   "--alpha", "0.25", "--batch-size", "20", "--val-size", "20", "--lr", "0.1", "--warmup-epochs",
+                   "0.5", "--bn-momentum", "0.9", "--progress", "none", "--steps-per-call", "3", "--no-tensorboard")
+        for fmt in ("all", "tflite-int8-per-tensor"):
+            assert export.main(["--checkpoint", str(cwd / "checkpoints" / "colours"), "--format", fmt, "--out",
+                                str(cwd / "export"), "--calibration", "60"]) == 0
+
+    cwd = made_once(tmp_path_factory, "exported", make)
+    run = cwd / "checkpoints" / "colours"
+    return run, cwd / "export", runs.load(run)
 
 
 def reference(loaded, images):
