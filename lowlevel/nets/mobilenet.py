@@ -84,10 +84,10 @@ class SeparableBlock(tf.Module):
         """taps: a dict to record into (see MobileNetV1.__call__), under `name`.depthwise and .pointwise."""
         z = self.depthwise(x)  # [B, H', W', C_in], the batch norm's input
         x = relu6(self.bn_depthwise(z, training))  # [B, H', W', C_in]
-        _tap(taps, f"{name}.depthwise", z, x)
+        tap(taps, f"{name}.depthwise", z, x)
         z = self.pointwise(x)  # [B, H', W', C_out]
         x = relu6(self.bn_pointwise(z, training))  # [B, H', W', C_out]
-        _tap(taps, f"{name}.pointwise", z, x)
+        tap(taps, f"{name}.pointwise", z, x)
         return x
 
     def inference(self, x):
@@ -109,7 +109,7 @@ class StandardBlock(tf.Module):
     def __call__(self, x, training: bool, taps=None, name: str = ""):
         z = self.conv(x)  # [B, H', W', C_out], the batch norm's input
         x = relu6(self.bn(z, training))  # [B, H', W', C_out]
-        _tap(taps, f"{name}.conv", z, x)
+        tap(taps, f"{name}.conv", z, x)
         return x
 
     def inference(self, x):
@@ -170,7 +170,7 @@ class MobileNetV1(tf.Module):
         record = {} if taps else None
         z = self.stem(images)  # [B, S/stem_stride, ., 32a]
         x = relu6(self.bn_stem(z, training))
-        _tap(record, "stem", z, x)
+        tap(record, "stem", z, x)
         for i, block in enumerate(self.blocks):
             x = block(x, training, record, f"blocks[{i}]")  # [B, H', W', C']; 2x2 (CIFAR) at the end
         x = global_average_pool(x)  # [B, 1024a]
@@ -222,14 +222,15 @@ class MobileNetV1(tf.Module):
         return self.classifier(global_average_pool(tf.cast(x, tf.float32)))  # [B, num_classes]
 
 
-def folded(conv, bn: BatchNorm, x, depthwise: bool = False):
-    """relu6(BN(conv(x))) at inference as one convolution with a bias (BatchNorm.fold), which TensorFlow
-    runs as one fused kernel; in x's dtype."""
+def folded(conv, bn: BatchNorm, x, depthwise: bool = False, activation=relu6):
+    """activation(BN(conv(x))) at inference as one convolution with a bias (BatchNorm.fold), which
+    TensorFlow runs as one fused kernel; in x's dtype.  activation None: linear (MobileNetV2's projection)."""
     kernel, bias = bn.fold(conv.kernel, depthwise=depthwise)
-    return relu6(tf.nn.bias_add(conv(x, kernel), tf.cast(bias, x.dtype)))
+    y = tf.nn.bias_add(conv(x, kernel), tf.cast(bias, x.dtype))
+    return activation(y) if activation else y
 
 
-def _tap(taps: dict | None, name: str, bn_input, output) -> None:
+def tap(taps: dict | None, name: str, bn_input, output) -> None:
     if taps is not None:
         taps[f"{name}:bn_input"] = bn_input
         taps[name] = output

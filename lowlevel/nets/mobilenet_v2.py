@@ -1,0 +1,219 @@
+"""MobileNetV2 (Sandler et al. 2018, arXiv:1801.04381): inverted residuals and linear bottlenecks.
+
+MobileNet v1's separable block keeps the channel count between its two convolutions, and its
+relu6 after the 1x1 convolution destroys information when the layer is narrow.  V2's block
+turns it inside out: a 1x1 convolution *expands* the narrow input t times (t = 6), the 3x3
+depthwise convolution filters in that wide space, and a 1x1 convolution *projects* back to a
+narrow output with no activation after it (the "linear bottleneck").  When the block keeps
+the shape (stride 1, C_in = C_out) its input is added to its output (the inverted residual):
+the skip connections join the narrow ends.
+
+    x [B, H, W, C_in] -> expand: 1x1 to t C_in, BN, relu6     (absent when t = 1)
+                      -> depthwise: 3x3, stride s, BN, relu6   [B, H/s, W/s, t C_in]
+                      -> project: 1x1 to C_out, BN (linear)     [B, H/s, W/s, C_out]
+                      (+ x when s = 1 and C_in = C_out)
+
+The body is the paper's Table 2 written as data: a 3x3 stem of 32 channels, seven rows of
+(t, c, n, s) bottlenecks (n blocks, the first with stride s), a 1x1 head of 1280 channels,
+global average pooling and the classifier.
+
+Width multiplier alpha: every block's output, and the stem, get `divisible(alpha * c)`
+channels (the nearest multiple of 8, never 10% below alpha * c: Keras' and TF-slim's
+`_make_divisible`); the head keeps 1280 unless alpha > 1.  Expansions multiply the actual
+input channels.  Keras' `MobileNetV2` has the same parameter count (tests/test_nets_v2.py).
+
+For CIFAR-10 (32x32 images) the stem and the second row have stride 1 instead of 2 (as the
+common CIFAR versions do, e.g. kuangliu/pytorch-cifar): the maps shrink 8x, to 4x4, instead
+of 32x (1x1).  ImageNet's 224x224 uses the paper's strides.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from lowlevel._tf import tf
+
+from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
+from lowlevel.nets.mobilenet import PRECISIONS, folded, tap
+
+
+@dataclasses.dataclass(frozen=True)
+class Bottleneck:
+    """A row of Table 2: n inverted-residual blocks of expansion t and c output channels, the first of
+    stride s (cifar_s on 32x32 images), the others of stride 1."""
+    t: int
+    c: int
+    n: int
+    s: int
+    cifar_s: int
+
+
+# The paper's Table 2.
+STEM, HEAD = 32, 1280
+TABLE2 = (
+    Bottleneck(t=1, c=16, n=1, s=1, cifar_s=1),
+    Bottleneck(t=6, c=24, n=2, s=2, cifar_s=1),
+    Bottleneck(t=6, c=32, n=3, s=2, cifar_s=2),
+    Bottleneck(t=6, c=64, n=4, s=2, cifar_s=2),
+    Bottleneck(t=6, c=96, n=3, s=1, cifar_s=1),
+    Bottleneck(t=6, c=160, n=3, s=2, cifar_s=2),
+    Bottleneck(t=6, c=320, n=1, s=1, cifar_s=1),
+)
+
+
+def divisible(v: float, divisor: int = 8) -> int:
+    """The nearest multiple of `divisor` to v, at least `divisor`, and never more than 10% below v."""
+    rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * v else rounded
+
+
+class InvertedResidual(tf.Module):
+    """x [B, H, W, C_in] -> [B, H/s, W/s, C_out]: expand (t > 1), depthwise, linear projection, + x when
+    the shape is kept (module docstring)."""
+
+    def __init__(self, in_channels: int, out_channels: int, expansion: int, stride: int, bn_momentum: float,
+                 fused_bn: bool, compute_dtype=None, name: str | None = None):
+        super().__init__(name=name)
+        wide = in_channels * expansion
+        self.stride, self.residual = stride, stride == 1 and in_channels == out_channels
+        with self.name_scope:
+            self.expand = Conv2D(in_channels, wide, 1, compute_dtype=compute_dtype, name="expand") \
+                if expansion != 1 else None
+            self.bn_expand = BatchNorm(wide, bn_momentum, fused=fused_bn, name="bn_expand") if expansion != 1 else None
+            self.depthwise = DepthwiseConv2D(wide, 3, stride, name="depthwise")
+            self.bn_depthwise = BatchNorm(wide, bn_momentum, fused=fused_bn, name="bn_depthwise")
+            # no relu after the projection: the gain of the linear layer is 1 (LeCun), not He's 2
+            self.project = Conv2D(wide, out_channels, 1, compute_dtype=compute_dtype, gain=1.0, name="project")
+            self.bn_project = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_project")
+
+    def __call__(self, x, training: bool, taps=None, name: str = ""):
+        """taps: a dict to record into (MobileNetV1.__call__ describes them), under `name`.expand, ..."""
+        y = x
+        if self.expand is not None:
+            z = self.expand(y)  # [B, H, W, t C_in]
+            y = relu6(self.bn_expand(z, training))
+            tap(taps, f"{name}.expand", z, y)
+        z = self.depthwise(y)  # [B, H/s, W/s, t C_in]
+        y = relu6(self.bn_depthwise(z, training))
+        tap(taps, f"{name}.depthwise", z, y)
+        z = self.project(y)  # [B, H/s, W/s, C_out]
+        y = self.bn_project(z, training)  # linear: no activation
+        tap(taps, f"{name}.project", z, y)
+        return x + y if self.residual else y
+
+    def inference(self, x):
+        """__call__(x, training=False) with each batch norm folded into its convolution, in x's dtype."""
+        y = folded(self.expand, self.bn_expand, x) if self.expand is not None else x
+        y = folded(self.depthwise, self.bn_depthwise, y, depthwise=True)
+        y = folded(self.project, self.bn_project, y, activation=None)
+        return x + y if self.residual else y
+
+    def convs(self, name: str) -> list[tuple[str, tf.Module, BatchNorm]]:
+        """(name, convolution, batch norm) of the block's convolutions, in order."""
+        found = [(f"{name}.expand", self.expand, self.bn_expand)] if self.expand is not None else []
+        return found + [(f"{name}.depthwise", self.depthwise, self.bn_depthwise),
+                        (f"{name}.project", self.project, self.bn_project)]
+
+
+class MobileNetV2(tf.Module):
+    """MobileNetV2: images [B, S, S, C] (normalized floats) -> logits [B, num_classes].
+
+    The arguments are MobileNetV1's (lowlevel/nets/mobilenet.py); `cifar` takes the CIFAR strides
+    (module docstring) instead of the paper's.
+    """
+
+    folds_batch_norm = True  # each batch norm directly follows its convolution
+
+    def __init__(self, num_classes: int = 10, alpha: float = 1.0, input_size: int = 32, cifar: bool = True,
+                 dropout: float = 0.0, bn_momentum: float = 0.99, fused_bn: bool = True, precision: str = "float32",
+                 channels: int = 3, name: str | None = "mobilenet_v2"):
+        super().__init__(name=name)
+        if not alpha > 0:
+            raise ValueError(f"alpha (the width multiplier) must be greater than 0, not {alpha}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {dropout}.")
+        self.num_classes, self.alpha, self.input_size, self.cifar = num_classes, alpha, input_size, cifar
+        self.input_shape = (input_size, input_size, channels)
+        self.dropout_rate, self.precision = dropout, precision
+        compute = tf.as_dtype(precision)
+        with self.name_scope:
+            c = divisible(STEM * alpha)
+            self.stem = Conv2D(channels, c, 3, 1 if cifar else 2, name="stem")
+            self.bn_stem = BatchNorm(c, bn_momentum, fused=fused_bn, name="bn_stem")
+            self.blocks = []
+            for row in TABLE2:
+                out = divisible(row.c * alpha)
+                for k in range(row.n):
+                    stride = (row.cifar_s if cifar else row.s) if k == 0 else 1
+                    self.blocks.append(InvertedResidual(c, out, row.t, stride, bn_momentum, fused_bn, compute,
+                                                        name=f"block_{len(self.blocks)}"))
+                    c = out
+            head = divisible(HEAD * alpha) if alpha > 1.0 else HEAD
+            self.head = Conv2D(c, head, 1, compute_dtype=compute, name="head")
+            self.bn_head = BatchNorm(head, bn_momentum, fused=fused_bn, name="bn_head")
+            self.classifier = Dense(head, num_classes, name="classifier")
+        if input_size < self.total_stride():
+            raise ValueError(f"input size {input_size} is too small for the strides (they divide it by "
+                             f"{self.total_stride()}); use at least {self.total_stride()}.")
+
+    def total_stride(self) -> int:
+        total = self.stem.stride
+        for block in self.blocks:
+            total *= block.stride
+        return total
+
+    def __call__(self, images: tf.Tensor, training: bool = False, seed=None, taps: bool | str = False):
+        """images [B, S, S, C] -> logits [B, num_classes]; seed and taps as in MobileNetV1.__call__."""
+        record = {} if taps else None
+        z = self.stem(images)  # [B, S/stride, ., 32a]
+        x = relu6(self.bn_stem(z, training))
+        tap(record, "stem", z, x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, training, record, f"blocks[{i}]")
+        z = self.head(x)  # [B, 4, 4, 1280] on CIFAR
+        x = relu6(self.bn_head(z, training))
+        tap(record, "head", z, x)
+        x = dropout(global_average_pool(x), self.dropout_rate, training, seed)  # [B, 1280]
+        logits = self.classifier(x)  # [B, num_classes]
+        if not taps:
+            return logits
+        record["logits"] = logits
+        return {k: v for k, v in record.items() if taps == "pre" or not k.endswith(":bn_input")}
+
+    def conv_layers(self) -> list[tuple[str, tf.Module, BatchNorm]]:
+        """(name, convolution, its batch norm) for every convolution, in order."""
+        found = [("stem", self.stem, self.bn_stem)]
+        for i, block in enumerate(self.blocks):
+            found += block.convs(f"blocks[{i}]")
+        return found + [("head", self.head, self.bn_head)]
+
+    def layer_table(self) -> list[tuple[str, object, tuple[int, ...]]]:
+        """(name, layer, output shape of one image) for every layer in order (for lowlevel.summary)."""
+        size, found = self.input_size, []
+        for name, conv, bn in self.conv_layers():
+            size = -(-size // conv.stride)  # SAME padding: ceil(size / stride)
+            prefix, _, last = name.rpartition(".")
+            bn_name = f"{prefix}.bn_{last}" if prefix else f"bn_{name}"
+            found += [(name, conv, (size, size, conv.out_channels)), (bn_name, bn, (size, size, conv.out_channels))]
+        found.append(("pool", "Global avg pool", (self.classifier.in_features,)))
+        return found + [("classifier", self.classifier, (self.num_classes,))]
+
+    def inference(self, images: tf.Tensor) -> tf.Tensor:
+        """The logits of __call__(images, training=False), every batch norm folded into its convolution
+        and, in mixed precision, the whole network up to the pooling in the 16-bit type."""
+        x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision))
+        for block in self.blocks:
+            x = block.inference(x)
+        x = folded(self.head, self.bn_head, x)
+        return self.classifier(global_average_pool(tf.cast(x, tf.float32)))  # [B, num_classes]
+
+
+def build(input_shape=(32, 32, 3), num_classes: int = 10, dropout: float | None = None, **options) -> MobileNetV2:
+    """MobileNetV2 for images of input_shape (H, H, C): the CIFAR strides below 128 pixels, the paper's from
+    128 up; options: alpha, bn_momentum, precision."""
+    h, w, c = input_shape
+    if h != w:
+        raise ValueError(f"MobileNetV2 is built for square images, not {h}x{w}.")
+    return MobileNetV2(num_classes=num_classes, input_size=h, cifar=h < 128, dropout=dropout or 0.0, channels=c,
+                       **options)
