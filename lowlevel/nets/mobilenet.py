@@ -175,11 +175,7 @@ class MobileNetV1(tf.Module):
             x = block(x, training, record, f"blocks[{i}]")  # [B, H', W', C']; 2x2 (CIFAR) at the end
         x = global_average_pool(x)  # [B, 1024a]
         x = dropout(x, self.dropout_rate, training, seed)
-        logits = self.classifier(x)  # [B, num_classes]
-        if not taps:
-            return logits
-        record["logits"] = logits
-        return {k: v for k, v in record.items() if taps == "pre" or not k.endswith(":bn_input")}
+        return tapped(record, self.classifier(x), taps)  # logits [B, num_classes], or the taps
 
     def conv_layers(self) -> list[tuple[str, tf.Module, BatchNorm]]:
         """(name, convolution, its batch norm) for every convolution, in order: the stem, then each
@@ -228,6 +224,15 @@ def folded(conv, bn: BatchNorm, x, depthwise: bool = False, activation=relu6):
     kernel, bias = bn.fold(conv.kernel, depthwise=depthwise)
     y = tf.nn.bias_add(conv(x, kernel), tf.cast(bias, x.dtype))
     return activation(y) if activation else y
+
+
+def tapped(record: dict | None, logits, taps: bool | str):
+    """What __call__ returns: the logits, or with taps the recorded outputs and the logits (with "pre",
+    each batch norm's input too)."""
+    if not taps:
+        return logits
+    record["logits"] = logits
+    return {k: v for k, v in record.items() if taps == "pre" or not k.endswith(":bn_input")}
 
 
 def tap(taps: dict | None, name: str, bn_input, output) -> None:

@@ -33,7 +33,7 @@ import dataclasses
 from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
-from lowlevel.nets.mobilenet import PRECISIONS, folded, tap
+from lowlevel.nets.mobilenet import PRECISIONS, folded, tap, tapped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,11 +175,7 @@ class MobileNetV2(tf.Module):
         x = relu6(self.bn_head(z, training))
         tap(record, "head", z, x)
         x = dropout(global_average_pool(x), self.dropout_rate, training, seed)  # [B, 1280]
-        logits = self.classifier(x)  # [B, num_classes]
-        if not taps:
-            return logits
-        record["logits"] = logits
-        return {k: v for k, v in record.items() if taps == "pre" or not k.endswith(":bn_input")}
+        return tapped(record, self.classifier(x), taps)  # logits [B, num_classes], or the taps
 
     def conv_layers(self) -> list[tuple[str, tf.Module, BatchNorm]]:
         """(name, convolution, its batch norm) for every convolution, in order."""
