@@ -63,6 +63,16 @@ def weights(prefix):
             if k.startswith(("model/", "optimizer/", "normalization/", "best_val", "averaged/"))}
 
 
+def randomize_batch_norms(keras_model, rng):
+    """Give every Keras BatchNormalization layer non-trivial parameters and statistics (before copying them)."""
+    import keras
+    for layer in keras_model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 2.0, c)])
+
+
 def assert_same_weights(a, b):
     import numpy as np
     wa, wb = weights(a), weights(b)

@@ -8,6 +8,8 @@ import tensorflow as tf
 from lowlevel import nets
 from lowlevel.nets.mobilenet_v2 import MobileNetV2, divisible
 
+from conftest import randomize_batch_norms
+
 
 def _count(variables):
     return sum(int(np.prod(v.shape)) for v in variables)
@@ -33,11 +35,7 @@ def test_the_rounding_rule():
 def _copy_from_keras(ref, ours):
     """Keras' weights into ours by layer name; every BN gets non-trivial statistics first."""
     rng = np.random.default_rng(0)
-    for layer in ref.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                               rng.uniform(0.5, 2.0, c)])
+    randomize_batch_norms(ref, rng)
 
     def conv_bn(conv, bn, name, bn_name):
         conv.kernel.assign(ref.get_layer(name).get_weights()[0])
@@ -97,30 +95,3 @@ def test_the_cifar_form_keeps_the_early_resolution():
     taps = model(tf.zeros([2, 32, 32, 3]), taps=True)
     assert list(taps)[:3] == ["stem", "blocks[0].depthwise", "blocks[0].project"] and "head" in taps
 
-
-@pytest.mark.slow
-def test_mobilenet_v2_trains_resumes_bitwise_evaluates_inspects_and_exports(tmp_path, data, cli):
-    """Every command on the new network, through the same loop as MobileNet v1 (tiny width, a few steps)."""
-    import pandas as pd
-
-    from conftest import TINY, assert_same_weights
-
-    args = ["--data", data, "--model", "mobilenet-v2", "--epochs", "2", *TINY]
-    assert cli("train", tmp_path, "--run-name", "whole", *args)[0] == 0
-    status, out, err = cli("train", tmp_path, "--run-name", "parts", *args, "--max-steps", "13")
-    assert status == 0 and "continue with" in out, err
-    assert cli("train", tmp_path, "--run-name", "parts", "--resume")[0] == 0
-    runs = tmp_path / "checkpoints"
-    assert_same_weights(runs / "whole" / "ckpt-20", runs / "parts" / "ckpt-20")
-    status, out, err = cli("evaluate", tmp_path, "--checkpoint", runs / "whole")
-    assert status == 0 and "test accuracy" in out, err
-    status, out, err = cli("inspect", tmp_path, "--checkpoint", runs / "whole", "--images", "20")
-    assert status == 0, err
-    table = pd.read_csv(runs / "whole" / "inspect-20" / "layers.csv")
-    assert list(table.layer[:4]) == ["stem", "blocks[0].depthwise", "blocks[0].project", "blocks[1].expand"]
-    assert table.layer.iloc[-1] == "head" and len(table) == 1 + 2 + 16 * 3 + 1
-    status, out, err = cli("export", tmp_path, "--checkpoint", runs / "whole", "--format", "savedmodel",
-                           "--calibration", "20")
-    assert status == 0, err
-    status, out, err = cli("evaluate", tmp_path, "--model", runs / "whole" / "export" / "savedmodel")
-    assert status == 0 and "test accuracy" in out, err

@@ -247,3 +247,31 @@ def test_model_and_dataset_flags_are_checked_in_one_sentence(tmp_path, data, cli
     one_error(*cli("train", tmp_path, "--data", data, "--model", "inception-v2", "--dataset", "cifar10", "--epochs", "1",
                    "--batch-size", "8", "--val-size", "20")[::2], "--model inception-v2 on --dataset cifar10: 32x32 images "
                                                                   "are too small")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet-v2", "mobilenet-v3-small", "mobilenet-v3-large"])
+def test_the_lightweight_series_through_every_command(tmp_path, data, cli, name):
+    """Each new network through the same loop as MobileNet v1 (tiny width, a few steps): train, a
+    bitwise resume, evaluate, inspect (a row per convolution with a batch norm), export and evaluate it."""
+    from conftest import TINY, assert_same_weights
+
+    args = ["--data", data, "--model", name, "--epochs", "2", *TINY]
+    assert cli("train", tmp_path, "--run-name", "whole", *args)[0] == 0
+    status, out, err = cli("train", tmp_path, "--run-name", "parts", *args, "--max-steps", "13")
+    assert status == 0 and "continue with" in out, err
+    assert cli("train", tmp_path, "--run-name", "parts", "--resume")[0] == 0
+    runs = tmp_path / "checkpoints"
+    assert_same_weights(runs / "whole" / "ckpt-20", runs / "parts" / "ckpt-20")
+    status, out, err = cli("evaluate", tmp_path, "--checkpoint", runs / "whole")
+    assert status == 0 and "test accuracy" in out, err
+    status, out, err = cli("inspect", tmp_path, "--checkpoint", runs / "whole", "--images", "20")
+    assert status == 0, err
+    table = pd.read_csv(runs / "whole" / "inspect-20" / "layers.csv")
+    names = [n for n, _, _ in nets.build(name, alpha=0.125).conv_layers()]
+    assert list(table.layer) == names and names[0] == "stem" and names[-1] == "head"
+    assert table.gamma_median.notna().all()
+    status, out, err = cli("export", tmp_path, "--checkpoint", runs / "whole", "--format", "savedmodel")
+    assert status == 0, err
+    status, out, err = cli("evaluate", tmp_path, "--model", runs / "whole" / "export" / "savedmodel")
+    assert status == 0 and "test accuracy" in out, err

@@ -43,6 +43,11 @@ NETS = {
                                 "MobileNet v1 with full 3x3 convolutions (the paper's Table 4)"),
     "mobilenet-v2": Entry("mobilenet_v2", "build", (32, 32, 3), 10, "cifar10",
                           "MobileNetV2, inverted residuals and linear bottlenecks (Sandler et al. 2018), CIFAR strides"),
+    "mobilenet-v3-small": Entry("mobilenet_v3", "small", (32, 32, 3), 10, "cifar10",
+                                "MobileNetV3-Small, searched blocks with squeeze-excitation and hard-swish "
+                                "(Howard et al. 2019), CIFAR strides"),
+    "mobilenet-v3-large": Entry("mobilenet_v3", "large", (32, 32, 3), 10, "cifar10",
+                                "MobileNetV3-Large (Howard et al. 2019), CIFAR strides"),
     "fashion-cnn": Entry("fashion", "fashion_cnn", (28, 28, 1), 10, "fashion-mnist",
                          "six 3x3 SELU convolutions, three max-pools, dense 128", NO_BN),
     "fashion-cnn-separable": Entry("fashion", "fashion_cnn_separable", (28, 28, 1), 10, "fashion-mnist",

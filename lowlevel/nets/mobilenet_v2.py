@@ -32,7 +32,8 @@ import dataclasses
 
 from lowlevel._tf import tf
 
-from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
+from lowlevel.layers import (BatchNorm, Conv2D, Dense, DepthwiseConv2D, SqueezeExcite, dropout, global_average_pool,
+                             relu6)
 from lowlevel.nets.mobilenet import PRECISIONS, folded, tap, tapped
 
 
@@ -67,21 +68,24 @@ def divisible(v: float, divisor: int = 8) -> int:
 
 
 class InvertedResidual(tf.Module):
-    """x [B, H, W, C_in] -> [B, H/s, W/s, C_out]: expand (t > 1), depthwise, linear projection, + x when
-    the shape is kept (module docstring)."""
+    """x [B, H, W, C_in] -> [B, H/s, W/s, C_out]: expand to `wide` channels (if `expand`), k x k depthwise,
+    a squeeze-and-excitation gate (if se_reduced > 0: MobileNetV3), linear projection, + x when the
+    shape is kept (module docstring).  act: the activation after the expansion and the depthwise
+    convolution (relu6 here, relu or hard-swish in MobileNetV3)."""
 
-    def __init__(self, in_channels: int, out_channels: int, expansion: int, stride: int, bn_momentum: float,
-                 fused_bn: bool, compute_dtype=None, name: str | None = None):
+    def __init__(self, in_channels: int, wide: int, out_channels: int, stride: int, bn_momentum: float,
+                 fused_bn: bool, compute_dtype=None, expand: bool = True, kernel: int = 3, act=relu6,
+                 se_reduced: int = 0, name: str | None = None):
         super().__init__(name=name)
-        wide = in_channels * expansion
-        self.stride, self.residual = stride, stride == 1 and in_channels == out_channels
+        self.stride, self.act = stride, act
+        self.residual = stride == 1 and in_channels == out_channels
         with self.name_scope:
-            self.expand = Conv2D(in_channels, wide, 1, compute_dtype=compute_dtype, name="expand") \
-                if expansion != 1 else None
-            self.bn_expand = BatchNorm(wide, bn_momentum, fused=fused_bn, name="bn_expand") if expansion != 1 else None
-            self.depthwise = DepthwiseConv2D(wide, 3, stride, name="depthwise")
+            self.expand = Conv2D(in_channels, wide, 1, compute_dtype=compute_dtype, name="expand") if expand else None
+            self.bn_expand = BatchNorm(wide, bn_momentum, fused=fused_bn, name="bn_expand") if expand else None
+            self.depthwise = DepthwiseConv2D(wide, kernel, stride, name="depthwise")
             self.bn_depthwise = BatchNorm(wide, bn_momentum, fused=fused_bn, name="bn_depthwise")
-            # no relu after the projection: the gain of the linear layer is 1 (LeCun), not He's 2
+            self.se = SqueezeExcite(wide, se_reduced, name="se") if se_reduced else None
+            # no activation after the projection: the gain of the linear layer is 1 (LeCun), not He's 2
             self.project = Conv2D(wide, out_channels, 1, compute_dtype=compute_dtype, gain=1.0, name="project")
             self.bn_project = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_project")
 
@@ -89,12 +93,14 @@ class InvertedResidual(tf.Module):
         """taps: a dict to record into (MobileNetV1.__call__ describes them), under `name`.expand, ..."""
         y = x
         if self.expand is not None:
-            z = self.expand(y)  # [B, H, W, t C_in]
-            y = relu6(self.bn_expand(z, training))
+            z = self.expand(y)  # [B, H, W, wide]
+            y = self.act(self.bn_expand(z, training))
             tap(taps, f"{name}.expand", z, y)
-        z = self.depthwise(y)  # [B, H/s, W/s, t C_in]
-        y = relu6(self.bn_depthwise(z, training))
+        z = self.depthwise(y)  # [B, H/s, W/s, wide]
+        y = self.act(self.bn_depthwise(z, training))
         tap(taps, f"{name}.depthwise", z, y)
+        if self.se is not None:
+            y = self.se(y)
         z = self.project(y)  # [B, H/s, W/s, C_out]
         y = self.bn_project(z, training)  # linear: no activation
         tap(taps, f"{name}.project", z, y)
@@ -102,8 +108,9 @@ class InvertedResidual(tf.Module):
 
     def inference(self, x):
         """__call__(x, training=False) with each batch norm folded into its convolution, in x's dtype."""
-        y = folded(self.expand, self.bn_expand, x) if self.expand is not None else x
-        y = folded(self.depthwise, self.bn_depthwise, y, depthwise=True)
+        y = folded(self.expand, self.bn_expand, x, activation=self.act) if self.expand is not None else x
+        y = folded(self.depthwise, self.bn_depthwise, y, depthwise=True, activation=self.act)
+        y = self.se(y) if self.se is not None else y
         y = folded(self.project, self.bn_project, y, activation=None)
         return x + y if self.residual else y
 
@@ -112,6 +119,16 @@ class InvertedResidual(tf.Module):
         found = [(f"{name}.expand", self.expand, self.bn_expand)] if self.expand is not None else []
         return found + [(f"{name}.depthwise", self.depthwise, self.bn_depthwise),
                         (f"{name}.project", self.project, self.bn_project)]
+
+
+def check_options(alpha: float, precision: str, rate: float) -> None:
+    """Refuse a width, precision or dropout no network can have, in one sentence (ValueError)."""
+    if not alpha > 0:
+        raise ValueError(f"alpha (the width multiplier) must be greater than 0, not {alpha}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), not {rate}.")
 
 
 class MobileNetV2(tf.Module):
@@ -127,12 +144,7 @@ class MobileNetV2(tf.Module):
                  dropout: float = 0.0, bn_momentum: float = 0.99, fused_bn: bool = True, precision: str = "float32",
                  channels: int = 3, name: str | None = "mobilenet_v2"):
         super().__init__(name=name)
-        if not alpha > 0:
-            raise ValueError(f"alpha (the width multiplier) must be greater than 0, not {alpha}.")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), not {dropout}.")
+        check_options(alpha, precision, dropout)
         self.num_classes, self.alpha, self.input_size, self.cifar = num_classes, alpha, input_size, cifar
         self.input_shape = (input_size, input_size, channels)
         self.dropout_rate, self.precision = dropout, precision
@@ -146,8 +158,8 @@ class MobileNetV2(tf.Module):
                 out = divisible(row.c * alpha)
                 for k in range(row.n):
                     stride = (row.cifar_s if cifar else row.s) if k == 0 else 1
-                    self.blocks.append(InvertedResidual(c, out, row.t, stride, bn_momentum, fused_bn, compute,
-                                                        name=f"block_{len(self.blocks)}"))
+                    self.blocks.append(InvertedResidual(c, c * row.t, out, stride, bn_momentum, fused_bn, compute,
+                                                        expand=row.t != 1, name=f"block_{len(self.blocks)}"))
                     c = out
             head = divisible(HEAD * alpha) if alpha > 1.0 else HEAD
             self.head = Conv2D(c, head, 1, compute_dtype=compute, name="head")
@@ -187,13 +199,21 @@ class MobileNetV2(tf.Module):
     def layer_table(self) -> list[tuple[str, object, tuple[int, ...]]]:
         """(name, layer, output shape of one image) for every layer in order (for lowlevel.summary)."""
         size, found = self.input_size, []
+        gates = {f"blocks[{i}].depthwise": b.se for i, b in enumerate(self.blocks) if b.se is not None}
         for name, conv, bn in self.conv_layers():
             size = -(-size // conv.stride)  # SAME padding: ceil(size / stride)
             prefix, _, last = name.rpartition(".")
-            bn_name = f"{prefix}.bn_{last}" if prefix else f"bn_{name}"
-            found += [(name, conv, (size, size, conv.out_channels)), (bn_name, bn, (size, size, conv.out_channels))]
-        found.append(("pool", "Global avg pool", (self.classifier.in_features,)))
-        return found + [("classifier", self.classifier, (self.num_classes,))]
+            shape = (size, size, conv.out_channels)
+            found += [(name, conv, shape), (f"{prefix}.bn_{last}" if prefix else f"bn_{name}", bn, shape)]
+            if name in gates:  # MobileNetV3's squeeze-and-excitation, on the pooled map
+                se = gates[name]
+                found += [(f"{prefix}.se.squeeze", se.squeeze, (1, 1, se.squeeze.out_channels)),
+                          (f"{prefix}.se.excite", se.excite, (1, 1, se.excite.out_channels))]
+        return found + [("pool", "Global avg pool", (self.head.out_channels,)), *self.top_table()]
+
+    def top_table(self) -> list[tuple[str, object, tuple[int, ...]]]:
+        """The layer_table rows after the pooling."""
+        return [("classifier", self.classifier, (self.num_classes,))]
 
     def inference(self, images: tf.Tensor) -> tf.Tensor:
         """The logits of __call__(images, training=False), every batch norm folded into its convolution
