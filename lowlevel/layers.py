@@ -304,6 +304,21 @@ class SqueezeExcite(tf.Module):
         return x * self.gate(x)  # [B, H, W, C]
 
 
+def channel_split(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """x [B, H, W, C] -> its first C/2 channels and its last C/2 (ShuffleNetV2's split; C even)."""
+    return tuple(tf.split(x, 2, axis=-1))
+
+
+def channel_shuffle(x: tf.Tensor, groups: int = 2) -> tf.Tensor:
+    """Interleave `groups` groups of channels (ShuffleNet): channel g * (C/groups) + j of x [B, H, W, C]
+    becomes channel j * groups + g, so the next layer sees channels of every group.
+    (Reshape to [B, H, W, groups, C/groups], swap the last two axes, reshape back.)"""
+    s, c = tf.shape(x), x.shape[-1]
+    y = tf.reshape(x, [s[0], s[1], s[2], groups, c // groups])  # [B, H, W, groups, C/groups]
+    y = tf.transpose(y, [0, 1, 2, 4, 3])  # [B, H, W, C/groups, groups]
+    return tf.reshape(y, [s[0], s[1], s[2], c])  # [B, H, W, C]
+
+
 def selu(x: tf.Tensor) -> tf.Tensor:
     """Scaled ELU (Klambauer et al. 2017): lambda * x for x > 0, lambda * alpha * (exp(x) - 1) otherwise,
     lambda = 1.0507..., alpha = 1.6733...: with LeCun-initialized weights it keeps activations near
