@@ -268,57 +268,6 @@ def relu(x: tf.Tensor) -> tf.Tensor:
     return tf.nn.relu(x)
 
 
-def hard_sigmoid(x: tf.Tensor) -> tf.Tensor:
-    """relu6(x + 3) / 6: a piecewise-linear sigmoid, 0 below -3 and 1 above 3 (MobileNetV3)."""
-    return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
-
-
-def hard_swish(x: tf.Tensor) -> tf.Tensor:
-    """x * relu6(x + 3) / 6: swish x * sigmoid(x) with the hard sigmoid, cheap on any hardware (MobileNetV3)."""
-    return x * hard_sigmoid(x)
-
-
-class SqueezeExcite(tf.Module):
-    """Squeeze-and-excitation (Hu et al. 2018) as MobileNetV3 uses it: each channel scaled by a gate in
-    (0, 1) computed from the whole map's channel means:
-
-        s = mean over H, W of x                        [B, 1, 1, C]   (squeeze)
-        g = hard_sigmoid(W2 relu(W1 s + b1) + b2)      [B, 1, 1, C]   (excite; W1 [C, R], W2 [R, C])
-        y = x * g                                      [B, H, W, C]
-
-    W1 and W2 are 1x1 convolutions with biases (Keras' layout, so weights copy over); R = `reduced`.
-    """
-
-    def __init__(self, channels: int, reduced: int, name: str | None = None):
-        super().__init__(name=name)
-        with self.name_scope:
-            self.squeeze = Conv2D(channels, reduced, 1, use_bias=True, name="squeeze")
-            self.excite = Conv2D(reduced, channels, 1, use_bias=True, gain=1.0, name="excite")
-
-    def gate(self, x: tf.Tensor) -> tf.Tensor:
-        """g [B, 1, 1, C] for x [B, H, W, C]."""
-        s = tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # [B, 1, 1, C]
-        return hard_sigmoid(self.excite(tf.nn.relu(self.squeeze(s))))
-
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return x * self.gate(x)  # [B, H, W, C]
-
-
-def channel_split(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """x [B, H, W, C] -> its first C/2 channels and its last C/2 (ShuffleNetV2's split; C even)."""
-    return tuple(tf.split(x, 2, axis=-1))
-
-
-def channel_shuffle(x: tf.Tensor, groups: int = 2) -> tf.Tensor:
-    """Interleave `groups` groups of channels (ShuffleNet): channel g * (C/groups) + j of x [B, H, W, C]
-    becomes channel j * groups + g, so the next layer sees channels of every group.
-    (Reshape to [B, H, W, groups, C/groups], swap the last two axes, reshape back.)"""
-    s, c = tf.shape(x), x.shape[-1]
-    y = tf.reshape(x, [s[0], s[1], s[2], groups, c // groups])  # [B, H, W, groups, C/groups]
-    y = tf.transpose(y, [0, 1, 2, 4, 3])  # [B, H, W, C/groups, groups]
-    return tf.reshape(y, [s[0], s[1], s[2], c])  # [B, H, W, C]
-
-
 def selu(x: tf.Tensor) -> tf.Tensor:
     """Scaled ELU (Klambauer et al. 2017): lambda * x for x > 0, lambda * alpha * (exp(x) - 1) otherwise,
     lambda = 1.0507..., alpha = 1.6733...: with LeCun-initialized weights it keeps activations near

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowlevel import layers, nets
+from lowlevel import lightweight, nets
 from lowlevel.nets.mobilenet_v3 import MobileNetV3
 
 from conftest import randomize_batch_norms
@@ -34,11 +34,11 @@ def test_parameter_counts_equal_keras(size, alpha):
 def test_hard_activations_and_the_gate_against_numpy():
     x = np.linspace(-5, 5, 41).astype(np.float32)
     hs = np.clip(x + 3, 0, 6) / 6
-    np.testing.assert_allclose(layers.hard_sigmoid(tf.constant(x)).numpy(), hs, atol=1e-6)
-    np.testing.assert_allclose(layers.hard_swish(tf.constant(x)).numpy(), x * hs, atol=1e-6)
-    np.testing.assert_allclose(layers.hard_swish(tf.constant(x)).numpy(),
+    np.testing.assert_allclose(lightweight.hard_sigmoid(tf.constant(x)).numpy(), hs, atol=1e-6)
+    np.testing.assert_allclose(lightweight.hard_swish(tf.constant(x)).numpy(), x * hs, atol=1e-6)
+    np.testing.assert_allclose(lightweight.hard_swish(tf.constant(x)).numpy(),
                                keras.activations.hard_swish(tf.constant(x)).numpy(), atol=1e-6)
-    se = layers.SqueezeExcite(6, 4)
+    se = lightweight.SqueezeExcite(6, 4)
     rng = np.random.default_rng(0)
     for conv in (se.squeeze, se.excite):
         conv.bias.assign(rng.normal(size=conv.bias.shape).astype(np.float32))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowlevel import layers, nets
+from lowlevel import lightweight, nets
 from lowlevel.nets.shufflenet import ShuffleNetV2
 
 
@@ -23,12 +23,12 @@ def test_trainable_parameters_equal_torchvisions(alpha, published):
 
 def test_channel_split_and_shuffle_against_numpy():
     x = np.arange(2 * 3 * 3 * 8, dtype=np.float32).reshape(2, 3, 3, 8)
-    left, right = layers.channel_split(tf.constant(x))
+    left, right = lightweight.channel_split(tf.constant(x))
     np.testing.assert_array_equal(left.numpy(), x[..., :4])
     np.testing.assert_array_equal(right.numpy(), x[..., 4:])
-    shuffled = layers.channel_shuffle(tf.constant(x), 2).numpy()
+    shuffled = lightweight.channel_shuffle(tf.constant(x), 2).numpy()
     np.testing.assert_array_equal(shuffled, x[..., [0, 4, 1, 5, 2, 6, 3, 7]])  # channel g*4 + j -> j*2 + g
-    np.testing.assert_array_equal(layers.channel_shuffle(tf.constant(x), 4).numpy(),
+    np.testing.assert_array_equal(lightweight.channel_shuffle(tf.constant(x), 4).numpy(),
                                   x[..., [0, 2, 4, 6, 1, 3, 5, 7]])
 
 

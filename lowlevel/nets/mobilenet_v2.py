@@ -32,8 +32,8 @@ import dataclasses
 
 from lowlevel._tf import tf
 
-from lowlevel.layers import (BatchNorm, Conv2D, Dense, DepthwiseConv2D, SqueezeExcite, dropout, global_average_pool,
-                             relu6)
+from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
+from lowlevel.lightweight import SqueezeExcite
 from lowlevel.nets.mobilenet import PRECISIONS, folded, tap, tapped
 
 

@@ -3,9 +3,9 @@ search, with squeeze-and-excitation and hard-swish.
 
 The block is V2's inverted residual (`mobilenet_v2.InvertedResidual`) with three changes found
 by architecture search: a 3x3 or 5x5 depthwise kernel per block; in some blocks a
-squeeze-and-excitation gate after the depthwise convolution (layers.SqueezeExcite: each channel
+squeeze-and-excitation gate after the depthwise convolution (lightweight.SqueezeExcite: each channel
 scaled by a gate from the whole map's means); and the activation, ReLU in the early blocks,
-hard-swish x relu6(x + 3) / 6 in the later ones (layers.hard_swish), where the maps are small
+hard-swish x relu6(x + 3) / 6 in the later ones (lightweight.hard_swish), where the maps are small
 and the nonlinearity pays for itself.
 
     x [B, H, W, C_in] -> expand: 1x1 to E, BN, act        (absent in the first block)
@@ -30,7 +30,8 @@ import dataclasses
 
 from lowlevel._tf import tf
 
-from lowlevel.layers import BatchNorm, Conv2D, Dense, dropout, hard_swish, relu
+from lowlevel.layers import BatchNorm, Conv2D, Dense, dropout, relu
+from lowlevel.lightweight import hard_swish
 from lowlevel.nets.mobilenet import folded, tap, tapped
 from lowlevel.nets.mobilenet_v2 import InvertedResidual, MobileNetV2, check_options, divisible
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from lowlevel._tf import tf
 
-from lowlevel.layers import (BatchNorm, Conv2D, Dense, DepthwiseConv2D, channel_shuffle, channel_split, dropout,
-                             global_average_pool, max_pool, relu)
+from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, max_pool, relu
+from lowlevel.lightweight import channel_shuffle, channel_split
 from lowlevel.nets.mobilenet import folded, tap, tapped
 from lowlevel.nets.mobilenet_v2 import check_options
 
