@@ -73,6 +73,21 @@ def randomize_batch_norms(keras_model, rng):
                                rng.uniform(0.5, 2.0, c)])
 
 
+def keras_copier(keras_model):
+    """(copy, bn): copy(module, name) puts the Keras layer `name`'s kernel (and bias) into a lowlevel
+    convolution or dense layer; bn(module, name) a Keras BatchNormalization's four vectors into a BatchNorm."""
+    def copy(module, name):
+        ours = [v for v in (getattr(module, "kernel", None), getattr(module, "bias", None)) if v is not None]
+        for var, value in zip(ours, keras_model.get_layer(name).get_weights(), strict=True):
+            var.assign(value.reshape(var.shape))
+
+    def bn(module, name):
+        for var, value in zip((module.gamma, module.beta, module.moving_mean, module.moving_variance),
+                              keras_model.get_layer(name).get_weights(), strict=True):
+            var.assign(value)
+    return copy, bn
+
+
 def assert_same_weights(a, b):
     import numpy as np
     wa, wb = weights(a), weights(b)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from lowlevel import lightweight, nets
 from lowlevel.nets.mobilenet_v3 import MobileNetV3
 
-from conftest import randomize_batch_norms
+from conftest import keras_copier, randomize_batch_norms
 
 KERAS = {"small": keras.applications.MobileNetV3Small, "large": keras.applications.MobileNetV3Large}
 
@@ -57,15 +57,7 @@ def _copy_from_keras(ref, ours):
         if isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
             layer.set_weights([w + rng.normal(0, 0.05, w.shape) for w in layer.get_weights()])
 
-    def copy(module, name):
-        for var, value in zip([v for v in (getattr(module, "kernel", None), getattr(module, "bias", None))
-                               if v is not None], ref.get_layer(name).get_weights()):
-            var.assign(value.reshape(var.shape))
-
-    def bn(module, name):
-        for var, value in zip((module.gamma, module.beta, module.moving_mean, module.moving_variance),
-                              ref.get_layer(name).get_weights()):
-            var.assign(value)
+    copy, bn = keras_copier(ref)
 
     copy(ours.stem, "conv"), bn(ours.bn_stem, "conv_bn")
     for i, block in enumerate(ours.blocks):

@@ -50,6 +50,9 @@ NETS = {
                                 "MobileNetV3-Large (Howard et al. 2019), CIFAR strides"),
     "shufflenet-v2": Entry("shufflenet", "build", (32, 32, 3), 10, "cifar10",
                            "ShuffleNetV2, channel split and shuffle (Ma et al. 2018), CIFAR stem"),
+    "efficientnet-b0": Entry("efficientnet", "b0", (32, 32, 3), 10, "cifar10",
+                             "EfficientNet-B0, MBConv with squeeze-excitation, swish, stochastic depth "
+                             "(Tan and Le 2019), CIFAR strides"),
     "fashion-cnn": Entry("fashion", "fashion_cnn", (28, 28, 1), 10, "fashion-mnist",
                          "six 3x3 SELU convolutions, three max-pools, dense 128", NO_BN),
     "fashion-cnn-separable": Entry("fashion", "fashion_cnn_separable", (28, 28, 1), 10, "fashion-mnist",

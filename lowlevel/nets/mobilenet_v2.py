@@ -33,6 +33,7 @@ import dataclasses
 from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
+from lowlevel import lightweight
 from lowlevel.lightweight import SqueezeExcite
 from lowlevel.nets.mobilenet import PRECISIONS, folded, tap, tapped
 
@@ -69,28 +70,32 @@ def divisible(v: float, divisor: int = 8) -> int:
 
 class InvertedResidual(tf.Module):
     """x [B, H, W, C_in] -> [B, H/s, W/s, C_out]: expand to `wide` channels (if `expand`), k x k depthwise,
-    a squeeze-and-excitation gate (if se_reduced > 0: MobileNetV3), linear projection, + x when the
-    shape is kept (module docstring).  act: the activation after the expansion and the depthwise
-    convolution (relu6 here, relu or hard-swish in MobileNetV3)."""
+    a squeeze-and-excitation gate (if se_reduced > 0: MobileNetV3, EfficientNet; its activation and
+    gate se_act, se_gate), linear projection, + x when the shape is kept (module docstring).
+    act: the activation after the expansion and the depthwise convolution (relu6 here, relu or
+    hard-swish in MobileNetV3, swish in EfficientNet).  drop_path: the rate at which training drops
+    the block's branch for an example (stochastic depth, EfficientNet; lightweight.drop_path)."""
 
     def __init__(self, in_channels: int, wide: int, out_channels: int, stride: int, bn_momentum: float,
                  fused_bn: bool, compute_dtype=None, expand: bool = True, kernel: int = 3, act=relu6,
-                 se_reduced: int = 0, name: str | None = None):
+                 se_reduced: int = 0, se_act=None, se_gate=None, drop_path: float = 0.0,
+                 name: str | None = None):
         super().__init__(name=name)
-        self.stride, self.act = stride, act
+        self.stride, self.act, self.drop_path = stride, act, drop_path
         self.residual = stride == 1 and in_channels == out_channels
         with self.name_scope:
             self.expand = Conv2D(in_channels, wide, 1, compute_dtype=compute_dtype, name="expand") if expand else None
             self.bn_expand = BatchNorm(wide, bn_momentum, fused=fused_bn, name="bn_expand") if expand else None
             self.depthwise = DepthwiseConv2D(wide, kernel, stride, name="depthwise")
             self.bn_depthwise = BatchNorm(wide, bn_momentum, fused=fused_bn, name="bn_depthwise")
-            self.se = SqueezeExcite(wide, se_reduced, name="se") if se_reduced else None
+            self.se = SqueezeExcite(wide, se_reduced, se_act, se_gate, name="se") if se_reduced else None
             # no activation after the projection: the gain of the linear layer is 1 (LeCun), not He's 2
             self.project = Conv2D(wide, out_channels, 1, compute_dtype=compute_dtype, gain=1.0, name="project")
             self.bn_project = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_project")
 
-    def __call__(self, x, training: bool, taps=None, name: str = ""):
-        """taps: a dict to record into (MobileNetV1.__call__ describes them), under `name`.expand, ..."""
+    def __call__(self, x, training: bool, taps=None, name: str = "", seed=None):
+        """taps: a dict to record into (MobileNetV1.__call__ describes them), under `name`.expand, ...
+        seed: the key of drop_path's draws (layers.dropout)."""
         y = x
         if self.expand is not None:
             z = self.expand(y)  # [B, H, W, wide]
@@ -104,7 +109,7 @@ class InvertedResidual(tf.Module):
         z = self.project(y)  # [B, H/s, W/s, C_out]
         y = self.bn_project(z, training)  # linear: no activation
         tap(taps, f"{name}.project", z, y)
-        return x + y if self.residual else y
+        return x + lightweight.drop_path(y, self.drop_path, training, seed) if self.residual else y
 
     def inference(self, x):
         """__call__(x, training=False) with each batch norm folded into its convolution, in x's dtype."""
