@@ -128,19 +128,16 @@ def feature_maps(maps: dict, image: np.ndarray, out: Path, title: str, channels:
 
 
 def histograms(counts: dict, bins: np.ndarray, out: Path, title: str) -> Path:
-    """Small multiples: each layer's distribution of outputs over [0, 6], log scale."""
+    """One row per layer, one column per bin of [0, 6]: the colour is log10 of the share of that layer's
+    outputs in the bin, so dead (all at 0) and saturated (at 6) layers stand out down the depth."""
     names = list(counts)
-    cols = 6
-    rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 1.6), sharex=True)
-    for ax, name in zip(np.ravel(axes), names):
-        ax.bar(bins[:-1], np.maximum(counts[name], 1), width=np.diff(bins), align="edge")
-        ax.set_yscale("log")
-        ax.set_title(name, fontsize=7)
-        ax.tick_params(labelsize=6)
-    for ax in np.ravel(axes)[len(names):]:
-        ax.axis("off")
-    fig.suptitle(f"{title}: outputs after relu6")
+    shares = np.array([c / max(c.sum(), 1) for c in counts.values()])  # [layers, bins]
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.2 * len(names)))
+    image = ax.imshow(np.log10(np.maximum(shares, 1e-6)), aspect="auto", cmap="viridis", vmin=-6, vmax=0,
+                      extent=(bins[0], bins[-1], len(names) - 0.5, -0.5), interpolation="nearest")
+    ax.set_yticks(np.arange(len(names)), names, fontsize=7)
+    ax.set(xlabel="layer output, clipped to [0, 6]", title=f"{title}: where each layer's outputs fall")
+    fig.colorbar(image, ax=ax, label="log10 share of outputs", fraction=0.04)
     fig.tight_layout()
     _save(fig, Path(out))
     return Path(out)

@@ -1,7 +1,6 @@
 """lowlevel.kernels and the kernel choice of lowlevel/_tf.py: oneDNN on by default on x86, the user's
 environment first, and the instruction set named as oneDNN itself names it."""
 import json
-import os
 import platform
 import subprocess
 import sys

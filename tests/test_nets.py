@@ -258,18 +258,18 @@ def test_the_lightweight_series_through_every_command(tmp_path, data, cli, name)
     network in tests/test_export.py.)"""
     from conftest import TINY, assert_same_weights
 
-    args = ["--data", data, "--model", name, "--epochs", "2", *TINY]
+    args = ["--data", data, "--model", name, "--epochs", "1", *TINY]  # 10 steps, stopped after 4
     assert cli("train", tmp_path, "--run-name", "whole", *args)[0] == 0
-    status, out, err = cli("train", tmp_path, "--run-name", "parts", *args, "--max-steps", "13")
+    status, out, err = cli("train", tmp_path, "--run-name", "parts", *args, "--max-steps", "4")
     assert status == 0 and "continue with" in out, err
     assert cli("train", tmp_path, "--run-name", "parts", "--resume")[0] == 0
     runs = tmp_path / "checkpoints"
-    assert_same_weights(runs / "whole" / "ckpt-20", runs / "parts" / "ckpt-20")
+    assert_same_weights(runs / "whole" / "ckpt-10", runs / "parts" / "ckpt-10")
     status, out, err = cli("evaluate", tmp_path, "--checkpoint", runs / "whole")
     assert status == 0 and "test accuracy" in out, err
     status, out, err = cli("inspect", tmp_path, "--checkpoint", runs / "whole", "--images", "20")
     assert status == 0, err
-    table = pd.read_csv(runs / "whole" / "inspect-20" / "layers.csv")
+    table = pd.read_csv(runs / "whole" / "inspect-10" / "layers.csv")
     names = [n for n, _, _ in nets.build(name, alpha=0.125).conv_layers()]
     assert list(table.layer) == names and names[0] == "stem" and names[-1] == "head"
     assert table.gamma_median.notna().all()

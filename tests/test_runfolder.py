@@ -1,14 +1,12 @@
 """Whatever the run folder holds, every command validates the files it uses: good, or one sentence
 naming the file, what is wrong and the way out (exit 2); nothing the user made is deleted."""
 import errno
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import fakecifar
