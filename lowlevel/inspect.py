@@ -23,6 +23,8 @@ checkpoints/RUN/inspect-<step>/:
                            accuracy (Sheng et al. 2018, "A Quantization-Friendly Separable Convolution for MobileNets")
     grad_norm              norm of the loss's gradient with respect to the kernel, one batch of 100
                            images, inference mode (the batch norms use their moving statistics)
+  blocks.csv   for the later networks, one row per block with a squeeze-and-excitation gate or a
+               residual connection (Blocks): the gates' mean and spread, the residual branch's share
   PNGs         stem_filters, depthwise_filters (block B), feature_maps (test image K), histograms,
                dead_and_ranges, batch_norms
 
@@ -103,6 +105,46 @@ class Accumulator:
         return mean, np.maximum(self.in_sum_sq / self.n - mean ** 2, 0.0)
 
 
+class Blocks:
+    """Inside the later networks' blocks (nets/mobilenet.py's tap_block), over the images passed:
+
+      gate_mean, gate_std   of a squeeze-and-excitation block's gates g [B, 1, 1, C] (each in [0, 1])
+      gates_off, gates_on   the share of gates below 0.1 (a channel switched off for that image) and
+                            above 0.9 (passed whole)
+      residual_share        mean over the images of |F(x)| / (|x| + |F(x)|) for a residual block's
+                            output x + F(x), |.| the L2 norm over H, W, C: near 0 the block passes its
+                            input on almost unchanged, near 1 its branch drowns the shortcut
+    """
+
+    def __init__(self):
+        self.gates: dict[str, list[np.ndarray]] = {}  # block -> [B, C] per batch
+        self.shares: dict[str, list[np.ndarray]] = {}  # block -> [B] per batch
+
+    def add(self, taps: dict) -> None:
+        for key, value in taps.items():
+            block, _, what = key.partition(":")
+            if what == "gate":
+                self.gates.setdefault(block, []).append(value.numpy().reshape(len(value), -1))
+            elif what == "branch":
+                f, x = (np.sqrt(np.sum(np.square(t.numpy().astype(np.float64)), axis=(1, 2, 3)))
+                        for t in (value, taps[f"{block}:shortcut"]))
+                self.shares.setdefault(block, []).append(f / np.maximum(x + f, 1e-30))
+
+    def table(self):
+        """blocks.csv's rows, in the order of the blocks (empty for networks without either)."""
+        import pandas as pd
+
+        rows, nan = [], float("nan")
+        for block in dict.fromkeys([*self.gates, *self.shares]):
+            g = np.concatenate(self.gates[block]) if block in self.gates else None
+            share = np.concatenate(self.shares[block]).mean() if block in self.shares else nan
+            rows.append({"block": block, "gate_mean": nan if g is None else g.mean(),
+                         "gate_std": nan if g is None else g.std(), "gates_off": nan if g is None else np.mean(g < 0.1),
+                         "gates_on": nan if g is None else np.mean(g > 0.9), "residual_share": share})
+        return pd.DataFrame(rows, columns=["block", "gate_mean", "gate_std", "gates_off", "gates_on",
+                                           "residual_share"])
+
+
 def dead_channels(channel_max: np.ndarray) -> int:
     """Channels whose output was never above 0: relu6 cut every value, so they pass nothing on."""
     return int((np.asarray(channel_max) <= 0).sum())
@@ -139,15 +181,18 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
     out = loaded.run / f"inspect-best-{runs.step_of(loaded.prefix)}" if loaded.prefix.parent.name == "best" else \
         loaded.prefix.parent / f"inspect-{runs.step_of(loaded.prefix)}"
     runs.check_writable(out.parent)  # before the work
-    stats, example = pass_images(loaded, n, image, batch)
+    stats, example, blocks = pass_images(loaded, n, image, batch)
     table = layer_table(loaded, stats, example, batch, n)
     try:
         out.mkdir(exist_ok=True)
     except OSError as e:
         raise runs.WriteError(out, e) from None
     runs.write_text(out / "layers.csv", table.to_csv(index=False))
+    inside = blocks.table()
+    if len(inside):
+        runs.write_text(out / "blocks.csv", inside.to_csv(index=False))
     draw(loaded, out, stats, example, table, depthwise[block] if depthwise else None, image, n)
-    summarize(table, n, out)
+    summarize(table, n, out, inside)
     ops = op_counts(loaded.model)
     print("inference graph: " + ", ".join(f"{count} {op}" for op, count in ops.items()
                                           if op in ("Conv2D", "DepthwiseConv2dNative", "BiasAdd", "Relu6", "MatMul")))
@@ -171,24 +216,25 @@ def check_choices(model, images: int, image: int, block: int, n: int) -> list:
     return depthwise
 
 
-def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict]:
-    """The first n test images through the model: an Accumulator per convolution, and every layer's
-    output [H, W, C] for test image `image`."""
+def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict, Blocks]:
+    """The first n test images through the model: an Accumulator per convolution, every layer's
+    output [H, W, C] for test image `image`, and what the blocks hold inside (Blocks)."""
     from lowlevel._tf import tf
 
     model, data = loaded.model, loaded.data
     layers = model.conv_layers()
     tapped = tf.function(lambda x: model(x, training=False, taps="pre"), autograph=False)
     stats = {name: Accumulator(conv.out_channels) for name, conv, _ in layers}
-    example = None
+    example, blocks = None, Blocks()
     for start in range(0, n, batch):
         x = loaded.normalization(data.test_images[start:min(start + batch, n)])
         taps = tapped(x)
         for name, _, _ in layers:
             stats[name].add(taps[name].numpy(), taps.get(f"{name}:bn_input", taps[name]).numpy())
+        blocks.add(taps)
         if start <= image < start + batch:
             example = {name: taps[name][image - start].numpy() for name, _, _ in layers}  # [H, W, C] each
-    return stats, example
+    return stats, example, blocks
 
 
 def layer_table(loaded, stats: dict, example: dict, batch: int, n: int):
@@ -300,7 +346,7 @@ def graph(checkpoint: str, best: bool = False, data_path: str = "") -> Path:
     return out
 
 
-def summarize(table, n: int, out: Path) -> None:
+def summarize(table, n: int, out: Path, inside) -> None:
     dead = table.dead_channels.sum()
     worst = table.loc[table.weight_range_ratio.idxmax()]
     skewed = table.loc[table.bn_mean_shift.idxmax()] if table.bn_mean_shift.notna().any() else None
@@ -311,7 +357,16 @@ def summarize(table, n: int, out: Path) -> None:
     if skewed is not None:
         print(f"largest train/test batch-norm shift: {skewed.layer}, {skewed.bn_mean_shift:.2f} moving standard "
               f"deviations")
-    print(f"wrote {out}/layers.csv and {len(list(out.glob('*.png')))} PNGs")
+    if inside.gate_mean.notna().any():
+        gated = inside[inside.gate_mean.notna()]
+        print(f"squeeze-and-excitation gates ({len(gated)} blocks): mean {gated.gate_mean.mean():.2f}, "
+              f"{gated.gates_off.mean():.0%} below 0.1, {gated.gates_on.mean():.0%} above 0.9")
+    if inside.residual_share.notna().any():
+        low = inside.loc[inside.residual_share.idxmin()]
+        print(f"residual branches ({inside.residual_share.notna().sum()} blocks): median share "
+              f"{inside.residual_share.median():.2f} of |x| + |F(x)|, lowest {low.block} ({low.residual_share:.2f})")
+    csvs = "layers.csv and blocks.csv" if len(inside) else "layers.csv"
+    print(f"wrote {out}/{csvs} and {len(list(out.glob('*.png')))} PNGs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,27 @@ def test_weight_range_on_a_hand_built_kernel():
     assert inspect.weight_range_ratio(d) == 10.0
 
 
+def test_gates_and_residual_shares_on_hand_built_taps():
+    blocks = inspect.Blocks()
+    gate = np.array([[0.05, 0.5, 0.95, 0.5], [0.05, 0.5, 0.5, 0.5]], np.float32).reshape(2, 1, 1, 4)
+    shortcut = np.zeros([2, 2, 2, 3], np.float32)
+    shortcut[:, 0, 0, 0] = 1.0  # |x| = 1 for both images
+    branch = np.zeros_like(shortcut)
+    branch[0, 1, 1, :] = [2.0, 2.0, 1.0]  # |F(x)| = 3: share 3 / 4
+    branch[1, 0, 1, 0] = 1.0  # |F(x)| = 1: share 1 / 2
+    blocks.add({"blocks[1]:gate": tf.constant(gate), "blocks[2].project": tf.zeros([1]),
+                "blocks[2]:shortcut": tf.constant(shortcut), "blocks[2]:branch": tf.constant(branch)})
+    blocks.add({"blocks[1]:gate": tf.constant(gate[:1])})  # a second batch of one image
+    table = blocks.table().set_index("block")
+    gates = np.concatenate([gate, gate[:1]]).ravel()
+    assert list(table.index) == ["blocks[1]", "blocks[2]"]
+    np.testing.assert_allclose(table.loc["blocks[1]", ["gate_mean", "gate_std"]], [gates.mean(), gates.std()], rtol=1e-6)
+    assert table.loc["blocks[1]", "gates_off"] == 3 / 12 and table.loc["blocks[1]", "gates_on"] == 2 / 12
+    assert table.loc["blocks[2]", "residual_share"] == pytest.approx((3 / 4 + 1 / 2) / 2, rel=1e-12)
+    assert np.isnan(table.loc["blocks[1]", "residual_share"]) and np.isnan(table.loc["blocks[2]", "gate_mean"])
+    assert inspect.Blocks().table().empty  # MobileNet v1: no blocks.csv
+
+
 @pytest.mark.parametrize("standard, conv, depthwise", [(False, 14, 13), (True, 14, 0)])
 def test_op_counts_of_inference_match_the_architecture(standard, conv, depthwise):
     ops = inspect.op_counts(MobileNetV1(alpha=0.125, standard=standard))

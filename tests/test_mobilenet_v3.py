@@ -93,3 +93,23 @@ def test_the_cifar_form_keeps_the_early_resolution(name):
     assert model.stem.stride == 1
     shapes = {n: shape for n, _, shape in model.layer_table()}
     assert shapes["head"][:2] == (4, 4) and shapes["classifier"] == (10,)
+
+
+def test_the_blocks_taps_are_the_gates_and_the_two_halves_of_the_residual_sum():
+    """taps="pre" records each gate g = se.gate(depthwise output), and for a residual block its shortcut
+    (the previous block's output) and branch (its projection), whose sum is the block's output."""
+    model = nets.build("mobilenet-v3-small", alpha=0.25)
+    pre = model(tf.random.stateless_normal([2, 32, 32, 3], seed=[3, 4]), training=False, taps="pre")
+    assert "blocks[0]:gate" not in model(tf.zeros([1, 32, 32, 3]), taps=True)  # only with "pre"
+    gated = [i for i, b in enumerate(model.blocks) if b.se is not None]
+    residual = [i for i, b in enumerate(model.blocks) if b.residual]
+    assert gated and residual and 0 not in residual  # each residual block has a block before it
+    for i in gated:
+        g = pre[f"blocks[{i}]:gate"]
+        assert g.shape == [2, 1, 1, model.blocks[i].depthwise.in_channels]
+        np.testing.assert_allclose(g, model.blocks[i].se.gate(pre[f"blocks[{i}].depthwise"]), atol=1e-6)
+    for i in residual:
+        np.testing.assert_array_equal(pre[f"blocks[{i}]:branch"], pre[f"blocks[{i}].project"])
+        before = pre[f"blocks[{i - 1}]:shortcut"] + pre[f"blocks[{i - 1}]:branch"] if i - 1 in residual \
+            else pre[f"blocks[{i - 1}].project"]
+        np.testing.assert_array_equal(pre[f"blocks[{i}]:shortcut"], before)

@@ -273,3 +273,7 @@ def test_the_lightweight_series_through_every_command(tmp_path, data, cli, name)
     names = [n for n, _, _ in nets.build(name, alpha=0.125).conv_layers()]
     assert list(table.layer) == names and names[0] == "stem" and names[-1] == "head"
     assert table.gamma_median.notna().all()
+    inside = pd.read_csv(runs / "whole" / "inspect-10" / "blocks.csv")  # every one of them has residual blocks
+    assert inside.residual_share.between(0, 1, inclusive="neither").sum() >= 3, inside
+    gated = name.startswith(("mobilenet-v3", "efficientnet"))  # squeeze-and-excitation
+    assert inside.gate_mean.between(0, 1, inclusive="neither").any() == gated and ("squeeze-and-excitation gates" in out) == gated

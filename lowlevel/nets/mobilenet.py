@@ -164,7 +164,8 @@ class MobileNetV1(tf.Module):
 
         taps=True returns instead a dict of every convolution layer's output after its batch norm and
         relu6, in order and named as in `conv_layers()` ("stem", "blocks[0].depthwise", ...), then
-        "logits"; taps="pre" adds each batch norm's input under "<name>:bn_input".  With taps=False
+        "logits"; taps="pre" adds each batch norm's input under "<name>:bn_input" (and, in the later
+        networks, what `tap_block` records inside a block).  With taps=False
         (the training step's case) nothing is recorded and the traced graph is the plain one.
         """
         record = {} if taps else None
@@ -232,13 +233,21 @@ def tapped(record: dict | None, logits, taps: bool | str):
     if not taps:
         return logits
     record["logits"] = logits
-    return {k: v for k, v in record.items() if taps == "pre" or not k.endswith(":bn_input")}
+    return {k: v for k, v in record.items() if taps == "pre" or ":" not in k}
 
 
 def tap(taps: dict | None, name: str, bn_input, output) -> None:
     if taps is not None:
         taps[f"{name}:bn_input"] = bn_input
         taps[name] = output
+
+
+def tap_block(taps: dict | None, block: str, **inside) -> None:
+    """Record a block's inner tensors for taps="pre", under "<block>:<what>": a squeeze-and-excitation
+    "gate" [B, 1, 1, C]; a residual block's "shortcut" x and "branch" F(x), its output being x + F(x)
+    (ShuffleNetV2: the half passed through and the branch's half)."""
+    if taps is not None:
+        taps.update({f"{block}:{what}": value for what, value in inside.items()})
 
 
 def _check(num_classes, alpha, input_size, stem_stride, rate) -> None:

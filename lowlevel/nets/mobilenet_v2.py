@@ -35,7 +35,7 @@ from lowlevel._tf import tf
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
 from lowlevel import lightweight
 from lowlevel.lightweight import SqueezeExcite
-from lowlevel.nets.mobilenet import PRECISIONS, folded, tap, tapped
+from lowlevel.nets.mobilenet import PRECISIONS, folded, tap, tap_block, tapped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +105,16 @@ class InvertedResidual(tf.Module):
         y = self.act(self.bn_depthwise(z, training))
         tap(taps, f"{name}.depthwise", z, y)
         if self.se is not None:
-            y = self.se(y)
+            gate = self.se.gate(y)  # [B, 1, 1, wide]
+            y = y * gate  # self.se(y)
+            tap_block(taps, name, gate=gate)
         z = self.project(y)  # [B, H/s, W/s, C_out]
         y = self.bn_project(z, training)  # linear: no activation
         tap(taps, f"{name}.project", z, y)
-        return x + lightweight.drop_path(y, self.drop_path, training, seed) if self.residual else y
+        if not self.residual:
+            return y
+        tap_block(taps, name, shortcut=x, branch=y)
+        return x + lightweight.drop_path(y, self.drop_path, training, seed)
 
     def inference(self, x):
         """__call__(x, training=False) with each batch norm folded into its convolution, in x's dtype."""

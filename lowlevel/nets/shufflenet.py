@@ -30,7 +30,7 @@ from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, max_pool, relu
 from lowlevel.lightweight import channel_shuffle, channel_split
-from lowlevel.nets.mobilenet import folded, tap, tapped
+from lowlevel.nets.mobilenet import folded, tap, tap_block, tapped
 from lowlevel.nets.mobilenet_v2 import check_options
 
 STEM, REPEATS = 24, (4, 8, 4)
@@ -89,7 +89,7 @@ class Unit(tf.Module):
                                                 pointwise(in_channels, "left_pointwise")]
             self.right = [pointwise(into, "pointwise_1"), depthwise(half, "depthwise"), pointwise(half, "pointwise_2")]
 
-    def _branches(self, x, run):
+    def _branches(self, x, run, taps=None, name: str = ""):
         """concat(left, right) shuffled, each branch's layers applied by run(layer, x, index)."""
         if self.stride == 1:
             left, right = channel_split(x)  # [B, H, W, C/2] each
@@ -99,10 +99,12 @@ class Unit(tf.Module):
             left = run(layer, left, f"left_{i}")
         for i, layer in enumerate(self.right):
             right = run(layer, right, f"right_{i}")
+        if self.stride == 1:  # the left half passes through: the unit's residual form
+            tap_block(taps, name, shortcut=left, branch=right)
         return channel_shuffle(tf.concat([left, right], axis=-1))  # [B, H/s, W/s, C_out]
 
     def __call__(self, x, training: bool, taps=None, name: str = ""):
-        return self._branches(x, lambda layer, y, _: layer(y, training, taps, f"{name}.{layer.name}"))
+        return self._branches(x, lambda layer, y, _: layer(y, training, taps, f"{name}.{layer.name}"), taps, name)
 
     def inference(self, x):
         return self._branches(x, lambda layer, y, _: layer.inference(y))
