@@ -1,6 +1,6 @@
 """`python -m lowlevel.compare`: separable against standard convolutions, measured side by side.
 
-    python -m lowlevel.compare --data cifar-10-batches-py [--epochs 5] [--models mobilenet@0.5,vgg-blocks,...]
+    python -m lowlevel.compare --data cifar-10-batches-py [--epochs 5] [--models mobilenet@0.5,vgg-blocks,...] [--int8]
     python -m lowlevel.compare --dataset fashion-mnist --models fashion-cnn,fashion-cnn-separable,fashion-separable
 
 Trains each configuration (a network name, with @ALPHA for a width multiplier) on one data set
@@ -10,7 +10,9 @@ finished run is not trained again.  Any other flag (--lr, --batch-size, ...) goe
 otherwise each network trains with its own defaults (`python -m lowlevel.train --help`).
 Then, for each: parameters and multiply-adds (counted, lowlevel.summary), training images/s (the
 median epoch of its history.csv), inference images/s (the folded network on 2,000 test images,
-timed here), test accuracy of its last checkpoint, and its wall time.  Writes
+timed here), test accuracy of its last checkpoint, and its wall time; with --int8 also the test
+accuracy and size of its full-integer LiteRT file (`python -m lowlevel.export --format tflite-int8`,
+per-channel weights, calibrated on training images, written into the run's export/).  Writes
 checkpoints/compare.csv and compare.png (test accuracy against multiply-adds) and prints the table.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ DEFAULT = {"cifar10": "mobilenet@0.5,mobilenet-standard@0.5,vgg-blocks,vgg-block
            "fashion-mnist": "fashion-cnn,fashion-cnn-separable,fashion-separable,mobilenet@0.25",
            "flowers17": "alexnet,vgg16,inception-v2,mobilenet"}
 COLUMNS = ["name", "model", "alpha", "parameters", "mult_adds", "train_images_per_s", "inference_images_per_s",
-           "test_accuracy", "wall_time_s", "epochs"]
+           "test_accuracy", "wall_time_s", "epochs", "int8_accuracy", "int8_bytes"]
 
 
 def parser() -> Parser:
@@ -39,6 +41,8 @@ def parser() -> Parser:
     p.add_argument("--epochs", type=int, default=5, help="epochs for every run (default 5: the cifar10 list in "
                                                          "about 3 hours on a 2-core CPU)")
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where the runs and compare.csv go")
+    p.add_argument("--int8", action="store_true", help="also export each run to int8 LiteRT and measure its test "
+                                                       "accuracy and file size")
     return p
 
 
@@ -83,7 +87,23 @@ def train(name: str, model: str, alpha: float, args, extra: list[str]) -> Path:
     return run
 
 
-def measure(name: str, model: str, alpha: float, run: Path, data_path: str) -> dict:
+def int8(run: Path, loaded) -> dict:
+    """Export the run's int8 LiteRT file (python -m lowlevel.export) and measure it on the test images."""
+    import numpy as np
+
+    from lowlevel import export
+    from lowlevel.exported import Exported
+
+    if export.main(["--checkpoint", str(run), "--format", "tflite-int8"]) != 0:
+        raise runs.RunError(f"{run}: its int8 export failed (the line above says why); run the comparison again "
+                            f"without --int8, or fix the run.")
+    path = run / "export" / "int8.tflite"
+    model, images = Exported(path), loaded.data.test_images
+    predicted = np.concatenate([model.predict(images[i:i + 1000]).argmax(-1) for i in range(0, len(images), 1000)])
+    return {"int8_accuracy": float(np.mean(predicted == loaded.data.test_labels)), "int8_bytes": path.stat().st_size}
+
+
+def measure(name: str, model: str, alpha: float, run: Path, data_path: str, quantized: bool = False) -> dict:
     """One row of compare.csv for a finished run."""
     import pandas as pd
 
@@ -108,7 +128,8 @@ def measure(name: str, model: str, alpha: float, run: Path, data_path: str) -> d
     return {"name": name, "model": model, "alpha": alpha, "parameters": totals.params, "mult_adds": totals.madds,
             "train_images_per_s": float(history.images_per_s.median()),
             "inference_images_per_s": n / (time.perf_counter() - start), "test_accuracy": accuracy,
-            "wall_time_s": float(history.elapsed_s.iloc[-1]), "epochs": int(history.epoch.iloc[-1])}
+            "wall_time_s": float(history.elapsed_s.iloc[-1]), "epochs": int(history.epoch.iloc[-1]),
+            **(int8(run, loaded) if quantized else {})}
 
 
 def compare(args, extra: list[str]) -> Path:
@@ -123,7 +144,7 @@ def compare(args, extra: list[str]) -> Path:
     rows = []
     for name, model, alpha in configurations(args.models or DEFAULT.get(args.dataset, "")):
         run = train(name, model, alpha, args, extra)
-        rows.append(measure(name, model, alpha, run, args.data))
+        rows.append(measure(name, model, alpha, run, args.data, args.int8))
     table = pd.DataFrame(rows, columns=COLUMNS)
     out = Path(args.checkpoint_dir) / "compare.csv"
     runs.write_text(out, table.to_csv(index=False))
@@ -134,11 +155,13 @@ def compare(args, extra: list[str]) -> Path:
 
 
 def format_table(table) -> str:
+    quantized = table.int8_accuracy.notna().any()
     lines = [f"{'name':<24s} {'params':>10s} {'mult-adds':>10s} {'train img/s':>11s} {'infer img/s':>11s} "
-             f"{'test acc':>8s} {'wall time':>9s}"]
+             f"{'test acc':>8s} {'wall time':>9s}" + (f" {'int8 acc':>8s} {'int8 size':>9s}" if quantized else "")]
     for r in table.itertuples():
         lines.append(f"{r.name:<24s} {r.parameters / 1e6:9.3f}M {r.mult_adds / 1e6:9.1f}M {r.train_images_per_s:11.0f} "
-                     f"{r.inference_images_per_s:11.0f} {100 * r.test_accuracy:7.2f}% {r.wall_time_s / 60:7.1f} min")
+                     f"{r.inference_images_per_s:11.0f} {100 * r.test_accuracy:7.2f}% {r.wall_time_s / 60:7.1f} min"
+                     + (f" {100 * r.int8_accuracy:7.2f}% {r.int8_bytes / 1e6:7.2f} MB" if quantized else ""))
     return "\n".join(lines)
 
 

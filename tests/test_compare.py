@@ -17,16 +17,21 @@ def test_compare_trains_measures_and_resumes(tmp_path, data, cli):
     table = pd.read_csv(tmp_path / "checkpoints" / "compare.csv")
     assert list(table.name) == ["vgg-blocks-separable-0.125", "mobilenet-standard-0.125"]
     assert list(table.columns) == ["name", "model", "alpha", "parameters", "mult_adds", "train_images_per_s",
-                                   "inference_images_per_s", "test_accuracy", "wall_time_s", "epochs"]
+                                   "inference_images_per_s", "test_accuracy", "wall_time_s", "epochs",
+                                   "int8_accuracy", "int8_bytes"]
+    assert table.int8_accuracy.isna().all() and "int8 acc" not in out  # not asked for
     assert (table.parameters > 0).all() and (table.inference_images_per_s > 0).all() and (table.epochs == 1).all()
     assert table.test_accuracy.between(0, 1).all()
     assert (tmp_path / "checkpoints" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "checkpoints" / "compare-vgg-blocks-separable-0.125" / "ckpt-10.index").is_file()
     assert "vgg-blocks-separable-0.125" in out and "test acc" in out
-    status, out, err = cli("compare", tmp_path, *args)  # everything finished: nothing is trained again
-    assert status == 0 and "epoch   1/1" not in out, out
+    status, out, err = cli("compare", tmp_path, *args, "--int8")  # everything finished: nothing is trained again
+    assert status == 0 and "epoch   1/1" not in out and "int8 acc" in out, out
     again = pd.read_csv(tmp_path / "checkpoints" / "compare.csv")
     pd.testing.assert_series_equal(again.test_accuracy, table.test_accuracy)
+    assert again.int8_accuracy.between(0, 1).all() and (again.int8_bytes > 1000).all()
+    int8 = tmp_path / "checkpoints" / "compare-mobilenet-standard-0.125" / "export" / "int8.tflite"
+    assert again.int8_bytes[1] == int8.stat().st_size
 
 
 def test_compare_errors_are_one_sentence(tmp_path, data, cli):
