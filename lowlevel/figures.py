@@ -1,20 +1,19 @@
 """Figures: learning curves from history.csv, a confusion matrix, and what `inspect` finds inside a run.
 
 Each function writes one PNG, whole or not at all (lowlevel.files).  matplotlib is imported by this
-module only, and never by the training step.  `python -m lowlevel.plots RUN` redraws a run's curves.
+module only, and never by the training step.  The figures are `matplotlib.figure.Figure`s drawn
+straight to PNG, without pyplot, so lowlevel leaves the process's backend alone (a notebook keeps
+its inline plots).  `python -m lowlevel.plots RUN` redraws a run's curves.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, no window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lowlevel import errors, files  # noqa: E402
+from lowlevel import errors, files
 
 
 def learning_curves(run: str | Path) -> Path:
@@ -29,7 +28,7 @@ def learning_curves(run: str | Path) -> Path:
     except history.DamagedHistory as e:
         raise errors.RunError(f"{e}; python -m lowlevel.train --resume sets a damaged history.csv aside and keeps "
                               f"its good rows.") from None
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc) = _subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(h.epoch, h.train_loss, label="train (with label smoothing)")
     ax_acc.plot(h.epoch, 100 * h.train_accuracy, label="train (augmented)")
     if h.val_accuracy.notna().any():  # a run with --val-size 0 has no validation curve
@@ -50,7 +49,7 @@ def learning_curves(run: str | Path) -> Path:
 def confusion_matrix(matrix: np.ndarray, names: list[str], out: str | Path, title: str = "") -> Path:
     """matrix[i, j] = test images of class i predicted as j -> a PNG with row-normalized colours."""
     rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = _subplots(figsize=(7, 6))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -79,7 +78,7 @@ def stem_filters(kernel: np.ndarray, out: Path, name: str = "stem") -> Path:
     k, c_in, c = kernel.shape[0], kernel.shape[2], kernel.shape[-1]
     cols = 8
     rows = -(-c // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4))
+    fig, axes = _subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4))
     for i, ax in enumerate(np.ravel(axes)):
         ax.axis("off")
         if i < c:
@@ -98,7 +97,7 @@ def depthwise_filters(kernel: np.ndarray, out: Path, name: str) -> Path:
     cols = 16
     rows = -(-c // cols)
     m = np.abs(w).max()
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.5))
+    fig, axes = _subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.5))
     for i, ax in enumerate(np.ravel(axes)):
         ax.axis("off")
         if i < c:
@@ -111,7 +110,7 @@ def depthwise_filters(kernel: np.ndarray, out: Path, name: str) -> Path:
 def feature_maps(maps: dict, image: np.ndarray, out: Path, title: str, channels: int = 6) -> Path:
     """One row per layer: the image, then its `channels` most active channels of that layer's output."""
     names = list(maps)
-    fig, axes = plt.subplots(len(names), channels + 1, figsize=((channels + 1) * 1.1, len(names) * 1.1))
+    fig, axes = _subplots(len(names), channels + 1, figsize=((channels + 1) * 1.1, len(names) * 1.1))
     for row, name in zip(np.atleast_2d(axes), names):
         for ax in row:
             ax.axis("off")
@@ -132,7 +131,7 @@ def histograms(counts: dict, bins: np.ndarray, out: Path, title: str) -> Path:
     outputs in the bin, so dead (all at 0) and saturated (at 6) layers stand out down the depth."""
     names = list(counts)
     shares = np.array([c / max(c.sum(), 1) for c in counts.values()])  # [layers, bins]
-    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.2 * len(names)))
+    fig, ax = _subplots(figsize=(9, 1.5 + 0.2 * len(names)))
     image = ax.imshow(np.log10(np.maximum(shares, 1e-6)), aspect="auto", cmap="viridis", vmin=-6, vmax=0,
                       extent=(bins[0], bins[-1], len(names) - 0.5, -0.5), interpolation="nearest")
     ax.set_yticks(np.arange(len(names)), names, fontsize=7)
@@ -145,7 +144,7 @@ def histograms(counts: dict, bins: np.ndarray, out: Path, title: str) -> Path:
 
 def dead_and_ranges(table, out: Path, title: str) -> Path:
     """Across depth: dead channels per layer, and the folded weight-range ratio (log scale)."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    fig, (top, bottom) = _subplots(2, 1, figsize=(11, 6), sharex=True)
     x = np.arange(len(table))
     colours = ["tab:orange" if "depthwise" in n else "tab:blue" for n in table.layer]
     top.bar(x, table.dead_channels, color=colours)
@@ -161,7 +160,7 @@ def dead_and_ranges(table, out: Path, title: str) -> Path:
 def batch_norms(moving: dict, out: Path, title: str) -> Path:
     """Box plots per layer of the batch norms' moving means and moving variances."""
     names = list(moving)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    fig, (top, bottom) = _subplots(2, 1, figsize=(11, 6), sharex=True)
     top.boxplot([moving[n][0] for n in names], showfliers=False)
     top.set(ylabel="moving mean", title=title)
     bottom.boxplot([moving[n][1] for n in names], showfliers=False)
@@ -174,7 +173,7 @@ def batch_norms(moving: dict, out: Path, title: str) -> Path:
 
 def compare(table, out: Path, title: str) -> Path:
     """Test accuracy against multiply-adds (log axis), one point per network, marker area by parameters."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _subplots(figsize=(7, 4.5))
     area = 2000 * table.parameters / table.parameters.max()
     ax.scatter(table.mult_adds, 100 * table.test_accuracy, s=area, alpha=0.5)
     for r in table.itertuples():
@@ -189,10 +188,13 @@ def compare(table, out: Path, title: str) -> Path:
     return Path(out)
 
 
+def _subplots(*grid, figsize, **options):
+    """(figure, axes) as pyplot.subplots makes them, on a Figure of its own (no pyplot state)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **options)
+
+
 def _save(fig, out: Path) -> None:
-    """Write the figure as a PNG whole or not at all (a temporary file renamed over `out`), then close it;
+    """Write the figure as a PNG whole or not at all (a temporary file renamed over `out`);
     errors.WriteError names `out` if the disk is full."""
-    try:
-        files.atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    files.atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
