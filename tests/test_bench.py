@@ -34,8 +34,6 @@ def test_quick_benchmark_prints_the_json_last(precision):
         assert last[ratio] == pytest.approx(last[ours] / last[ref], rel=0.01)
     assert "training images/s" in result.stdout
     assert result.stdout.startswith("kernels: ") and last["kernels"]["library"] in ("oneDNN", "Eigen")
-    # Keras' steps alone are faster than whole fit calls, whose set-up they leave out
-    assert last["keras_train_images_per_s"] > last["keras_fit_images_per_s"]
 
 
 def test_keras_reference_is_the_same_network():
