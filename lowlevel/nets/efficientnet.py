@@ -31,7 +31,7 @@ from lowlevel._tf import tf
 from lowlevel.layers import BatchNorm, Conv2D, Dense, dropout
 from lowlevel.lightweight import swish
 from lowlevel.nets.mobilenet import folded, tap, tapped
-from lowlevel.nets.mobilenet_v2 import InvertedResidual, MobileNetV2, check_options, divisible
+from lowlevel.nets.mobilenet_v2 import InvertedResidual, MobileNetV2, divisible, keep_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +67,7 @@ class EfficientNet(MobileNetV2):
                  dropout: float = 0.0, bn_momentum: float = 0.99, fused_bn: bool = True, precision: str = "float32",
                  channels: int = 3, drop_path: float = DROP_PATH, name: str | None = "efficientnet_b0"):
         tf.Module.__init__(self, name=name)  # its own layers, not V2's
-        check_options(alpha, precision, dropout)
-        self.num_classes, self.alpha, self.input_size = num_classes, alpha, input_size
-        self.input_shape = (input_size, input_size, channels)
-        self.dropout_rate, self.precision = dropout, precision
-        compute = tf.as_dtype(precision)
+        compute = keep_options(self, num_classes, alpha, input_size, cifar, dropout, precision, channels)
         total = sum(row.n for row in B0)
         with self.name_scope:
             c = divisible(STEM * alpha)

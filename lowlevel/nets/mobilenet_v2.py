@@ -141,6 +141,17 @@ def check_options(alpha: float, precision: str, rate: float) -> None:
         raise ValueError(f"dropout must be in [0, 1), not {rate}.")
 
 
+def keep_options(net, num_classes: int, alpha: float, input_size: int, cifar: bool, dropout: float,
+                 precision: str, channels: int):
+    """Check the options every later network takes (check_options), keep them as the network's
+    attributes, and return the dtype its 1x1 convolutions compute in."""
+    check_options(alpha, precision, dropout)
+    net.num_classes, net.alpha, net.input_size, net.cifar = num_classes, alpha, input_size, cifar
+    net.input_shape = (input_size, input_size, channels)
+    net.dropout_rate, net.precision = dropout, precision
+    return tf.as_dtype(precision)
+
+
 class MobileNetV2(tf.Module):
     """MobileNetV2: images [B, S, S, C] (normalized floats) -> logits [B, num_classes].
 
@@ -154,11 +165,7 @@ class MobileNetV2(tf.Module):
                  dropout: float = 0.0, bn_momentum: float = 0.99, fused_bn: bool = True, precision: str = "float32",
                  channels: int = 3, name: str | None = "mobilenet_v2"):
         super().__init__(name=name)
-        check_options(alpha, precision, dropout)
-        self.num_classes, self.alpha, self.input_size, self.cifar = num_classes, alpha, input_size, cifar
-        self.input_shape = (input_size, input_size, channels)
-        self.dropout_rate, self.precision = dropout, precision
-        compute = tf.as_dtype(precision)
+        compute = keep_options(self, num_classes, alpha, input_size, cifar, dropout, precision, channels)
         with self.name_scope:
             c = divisible(STEM * alpha)
             self.stem = Conv2D(channels, c, 3, 1 if cifar else 2, name="stem")

@@ -33,7 +33,7 @@ from lowlevel._tf import tf
 from lowlevel.layers import BatchNorm, Conv2D, Dense, dropout, relu
 from lowlevel.lightweight import hard_swish
 from lowlevel.nets.mobilenet import folded, tap, tapped
-from lowlevel.nets.mobilenet_v2 import InvertedResidual, MobileNetV2, check_options, divisible
+from lowlevel.nets.mobilenet_v2 import InvertedResidual, MobileNetV2, divisible, keep_options
 
 ACTIVATIONS = {"relu": relu, "hswish": hard_swish}
 
@@ -97,11 +97,8 @@ class MobileNetV3(MobileNetV2):
                  cifar: bool = True, dropout: float = 0.0, bn_momentum: float = 0.99, fused_bn: bool = True,
                  precision: str = "float32", channels: int = 3, name: str | None = None):
         tf.Module.__init__(self, name=name or f"mobilenet_v3_{size}")  # its own layers, not V2's
-        check_options(alpha, precision, dropout)
-        self.size, self.num_classes, self.alpha, self.input_size = size, num_classes, alpha, input_size
-        self.input_shape = (input_size, input_size, channels)
-        self.dropout_rate, self.precision = dropout, precision
-        compute = tf.as_dtype(precision)
+        self.size = size
+        compute = keep_options(self, num_classes, alpha, input_size, cifar, dropout, precision, channels)
         with self.name_scope:
             self.stem = Conv2D(channels, STEM, 3, 1 if cifar else 2, name="stem")
             self.bn_stem = BatchNorm(STEM, bn_momentum, fused=fused_bn, name="bn_stem")

@@ -31,7 +31,7 @@ from lowlevel._tf import tf
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, max_pool, relu
 from lowlevel.lightweight import channel_shuffle, channel_split
 from lowlevel.nets.mobilenet import folded, tap, tap_block, tapped
-from lowlevel.nets.mobilenet_v2 import check_options
+from lowlevel.nets.mobilenet_v2 import keep_options
 
 STEM, REPEATS = 24, (4, 8, 4)
 WIDTHS = {0.5: (48, 96, 192, 1024), 1.0: (116, 232, 464, 1024), 1.5: (176, 352, 704, 1024),
@@ -123,11 +123,7 @@ class ShuffleNetV2(tf.Module):
                  dropout: float = 0.0, bn_momentum: float = 0.99, fused_bn: bool = True, precision: str = "float32",
                  channels: int = 3, name: str | None = "shufflenet_v2"):
         super().__init__(name=name)
-        check_options(alpha, precision, dropout)
-        self.num_classes, self.alpha, self.input_size, self.cifar = num_classes, alpha, input_size, cifar
-        self.input_shape = (input_size, input_size, channels)
-        self.dropout_rate, self.precision = dropout, precision
-        compute = tf.as_dtype(precision)
+        compute = keep_options(self, num_classes, alpha, input_size, cifar, dropout, precision, channels)
         *stages, last = widths(alpha)
         with self.name_scope:
             self.stem = ConvBN(channels, STEM, 3, 1 if cifar else 2, True, bn_momentum, fused_bn, name="stem")
