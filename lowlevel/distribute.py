@@ -38,6 +38,7 @@ import os
 
 from lowlevel._tf import tf
 from lowlevel.config import ConfigError
+from lowlevel.layers import cross_replica_sum
 
 PEER_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
              tf.errors.CancelledError)  # what a collective raises when another worker has gone
@@ -125,7 +126,4 @@ def local_slice(*tensors):
 
 def all_reduce_sum(values):
     """The sum over replicas of each value (a list), inside strategy.run; with one replica, the values."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx.num_replicas_in_sync == 1:
-        return values
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+    return cross_replica_sum(values)

@@ -96,6 +96,32 @@ class DepthwiseConv2D(tf.Module):
                                       padding="SAME")  # [B, H', W', C * m]
 
 
+def cross_replica_sum(values: list) -> list:
+    """sum_r v_r over the R replicas of a tf.distribute strategy, for each value v of `values`
+    (inside strategy.run; with one replica, the values themselves).  Its gradient is the same sum
+    of the replicas' gradients, dL/dv_r = sum_s dL/dy_s, since every y_s = sum_r v_r.
+
+    This is `get_replica_context().all_reduce` with the gradient written out.  TensorFlow's own
+    wraps the all-reduce in `tf.custom_gradient`, which in a traced function walks the graph
+    back from the sum to find the variables it uses; under MirroredStrategy the sum reads every
+    replica's tensors, so each walk crosses the other replicas' whole graph, and a network with
+    one all-reduce per batch norm traces in time quadratic in its depth.  Here the all-reduce
+    reads `tf.stop_gradient` of its inputs, where such a walk ends.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx.num_replicas_in_sync == 1:
+        return values
+
+    def summed(tensors):
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.stop_gradient(t) for t in tensors])
+
+    @tf.custom_gradient
+    def total(*vs):
+        return summed(vs), lambda *dys: summed(dys)
+
+    return list(total(*values))
+
+
 class BatchNorm(tf.Module):
     """Batch normalization (Ioffe and Szegedy 2015) with hand-written moving statistics.
 
@@ -126,8 +152,8 @@ class BatchNorm(tf.Module):
 
         n_r,   S_r = sum(x_r),   Q_r = sum(x_r^2)
 
-    and one all-reduce (`get_replica_context().all_reduce`, which also carries the
-    gradients back) gives N = sum_r n_r, S = sum_r S_r, Q = sum_r Q_r, whence the global batch's
+    and one all-reduce (`cross_replica_sum`, which also carries the gradients back)
+    gives N = sum_r n_r, S = sum_r S_r, Q = sum_r Q_r, whence the global batch's
 
         mu = S / N,   var = Q / N - mu^2
 
@@ -175,8 +201,7 @@ class BatchNorm(tf.Module):
         x = tf.cast(x, tf.float32)
         axes = list(range(x.shape.rank - 1))
         n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-        n, s, q = replicas.all_reduce(tf.distribute.ReduceOp.SUM,
-                                      [n, tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes)])
+        n, s, q = cross_replica_sum([n, tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes)])
         mean = s / n
         return mean, tf.maximum(q / n - tf.square(mean), 0.0)
 

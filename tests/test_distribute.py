@@ -279,8 +279,8 @@ def test_a_killed_worker_makes_the_other_stop_with_one_sentence(tmp_path, data, 
     """SIGKILL the chief (worker 0, also TensorFlow's coordination leader) of two workers once it has
     saved epoch 1: the other exits within a bounded time with one sentence (not a hang, not a
     traceback) and removes its temporary folder, and the chief's checkpoint continues in one process
-    (a checkpoint of 2 replicas resumed by 1).  (Killing worker 1 instead was seen to stop the chief
-    the same way, in 2026-11-26's session; it is left out to keep the suite short.)"""
+    (a checkpoint of 2 replicas resumed by 1).  (Killing worker 1 instead stops the chief the same
+    way; that case is left out to keep the suite short.)"""
     from conftest import TINY, run_module
 
     procs = workers(tmp_path, ["--data", data, "--epochs", "200", *TINY, "--batch-size", "16", "--run-name", "mw"])
