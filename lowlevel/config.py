@@ -84,6 +84,13 @@ class Config:
     precision: str = _f("float32", "float32, or mixed precision with the 1x1 convolutions in bfloat16 (CPUs with "
                                    "AVX512-BF16, recent GPUs) or float16 (GPUs; with dynamic loss scaling)",
                         choices=("float32", "bfloat16", "float16"))
+    # quantization-aware training (lowlevel/quantize.py): fine-tuning a trained run as its int8 network
+    from_run: str = _f("", "start from this run's weights (its folder, or one checkpoint; the averaged weights of "
+                           "an --ema run) and its network, instead of new weights")
+    qat: str = _f("", "train as the int8 network computes (fake quantization), with per-channel or per-tensor "
+                      "weight scales; empty: in float", choices=("", "per-channel", "per-tensor"))
+    qat_freeze_bn: float = _f(1.0, "with --qat: epochs in which the batch norms use batch statistics; after them "
+                                   "the moving statistics are frozen")
     # the data
     dataset: str = _f("", "the data set: " + ", ".join(DATASETS) + "; empty: the one the model was designed for",
                         choices=("", *DATASETS))
@@ -153,7 +160,7 @@ class Config:
         for name in ("label_smoothing", "dropout", "momentum", "bn_momentum", "ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{n(name)} must be in [0, 1), not {getattr(self, name)}.")
-        for name in ("weight_decay", "warmup_epochs", "val_size", "max_steps", "cutout"):
+        for name in ("weight_decay", "warmup_epochs", "val_size", "max_steps", "cutout", "qat_freeze_bn"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{n(name)} must not be negative, not {getattr(self, name)}.")
         for field in ("data", "checkpoint_dir", "run_name"):
@@ -168,6 +175,9 @@ class Config:
         if Path(self.checkpoint_dir).is_file():
             raise ConfigError(f"--checkpoint-dir {self.checkpoint_dir}: is a file, not a folder; "
                               f"give a folder (it is created if missing).")
+        if self.qat and self.precision != "float32":
+            raise ConfigError(f"--qat simulates int8 from float32 weights and activations; drop --precision "
+                              f"{self.precision}.")
         if self.from_checkpoint and not self.resume:
             raise ConfigError("--from-checkpoint continues a run: add --resume (and its --run-name).")
         return self

@@ -59,10 +59,13 @@ class Conv2D(tf.Module):
         with self.name_scope:
             self.kernel = tf.Variable(_he_normal(shape, kernel_size * kernel_size * in_channels, gain), name="kernel")
             self.bias = tf.Variable(tf.zeros([out_channels]), name="bias") if use_bias else None
+        self.quantization = None  # quantization-aware training's (lowlevel/quantize.py), else None
 
     def __call__(self, x: tf.Tensor, kernel: tf.Tensor | None = None) -> tf.Tensor:
         """kernel: a stand-in for self.kernel (a batch norm folded into it, see BatchNorm.fold)."""
         dtype = self.compute_dtype or x.dtype
+        if self.quantization is not None:  # x and the kernel (its batch norm folded in) rounded to 8 bits
+            x, kernel = self.quantization(x, self.kernel if kernel is None else kernel, folded=kernel is not None)
         kernel = self.kernel if kernel is None else kernel
         y = tf.nn.conv2d(tf.cast(x, dtype), tf.cast(kernel, dtype), strides=self.stride,
                          padding="SAME")  # [B, H', W', C_out]
@@ -87,10 +90,13 @@ class DepthwiseConv2D(tf.Module):
         shape = [kernel_size, kernel_size, channels, multiplier]
         with self.name_scope:
             self.kernel = tf.Variable(_he_normal(shape, kernel_size * kernel_size, gain), name="kernel")
+        self.quantization = None  # as Conv2D's
 
     def __call__(self, x: tf.Tensor, kernel: tf.Tensor | None = None) -> tf.Tensor:
         """kernel: a stand-in for self.kernel (a batch norm folded into it, see BatchNorm.fold)."""
         s = self.stride
+        if self.quantization is not None:
+            x, kernel = self.quantization(x, self.kernel if kernel is None else kernel, folded=kernel is not None)
         kernel = self.kernel if kernel is None else kernel
         return tf.nn.depthwise_conv2d(x, tf.cast(kernel, x.dtype), strides=[1, s, s, 1],
                                       padding="SAME")  # [B, H', W', C * m]
@@ -180,8 +186,13 @@ class BatchNorm(tf.Module):
             self.moving_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="moving_mean", aggregation=first)
             self.moving_variance = tf.Variable(tf.ones([channels]), trainable=False, name="moving_variance",
                                                aggregation=first)
+        # quantization-aware training's form, with this layer folded into its convolution's kernel
+        # (lowlevel/quantize.py): quantization(self, x, training), or None
+        self.quantization = None
 
     def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        if self.quantization is not None:
+            return self.quantization(self, x, training)
         if not training:
             return self._normalize(x, self.moving_mean, self.moving_variance)
         replicas = tf.distribute.get_replica_context()
@@ -278,9 +289,13 @@ class Dense(tf.Module):
             self.kernel = tf.Variable(_he_normal([in_features, out_features], in_features, gain=gain),
                                       name="kernel")
             self.bias = tf.Variable(tf.zeros([out_features]), name="bias")
+        self.quantization = None  # as Conv2D's
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype)  # [B, C_out]
+        kernel = self.kernel
+        if self.quantization is not None:
+            x, kernel = self.quantization(x, kernel, folded=False)
+        return tf.matmul(x, tf.cast(kernel, x.dtype)) + tf.cast(self.bias, x.dtype)  # [B, C_out]
 
 
 def relu6(x: tf.Tensor) -> tf.Tensor:

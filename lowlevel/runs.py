@@ -31,7 +31,8 @@ from lowlevel.files import atomic_write, check_writable, lock, refuse_if_locked,
 __all__ = ["DamagedCheckpoint", "DamagedState", "checkpoints_in", "has_normalization", "intact", "latest", "names",
            "read_state", "set_aside_after", "step_of", "verify", "ConfigError", "RunError", "WriteError",
            "first_line", "atomic_write", "check_writable", "lock", "refuse_if_locked", "write_text", "find_run",
-           "run_config", "open_run", "command", "locate", "build_model", "Loaded", "load"]
+           "run_config", "inherited", "start_from", "open_run", "command", "locate", "build_model", "Loaded",
+           "load"]
 
 
 # ---------------------------------------------------------------- a run to train
@@ -64,8 +65,46 @@ def run_config(cfg: Config, explicit: set[str], chief: bool = True) -> tuple[Con
     elif saved.exists() and chief:
         raise RunError(f"{run}: already holds a run; add --resume to continue it, or choose another --run-name.")
     else:
-        cfg = cfg.with_defaults(explicit)
+        cfg = inherited(cfg, explicit).with_defaults(explicit)
     return dataclasses.replace(cfg, run_name=run.name).check(), run
+
+
+NETWORK = ("model", "alpha", "dropout", "bn_momentum", "dataset", "split_seed")  # what --from-run carries over
+
+
+def inherited(cfg: Config, explicit: set[str]) -> Config:
+    """With --from-run, the network and data set of that run (a flag that names another is an error)."""
+    if not cfg.from_run:
+        return cfg
+    source, _ = locate(cfg.from_run)
+    if not (source / "config.json").is_file():
+        raise RunError(f"--from-run {cfg.from_run}: has no config.json; give a run folder written by "
+                       f"python -m lowlevel.train.")
+    saved = Config.from_json(source / "config.json")
+    for k in sorted(explicit & set(NETWORK)):
+        if getattr(cfg, k) != getattr(saved, k):
+            raise ConfigError(f"--from-run {cfg.from_run}: that run has --{k.replace('_', '-')} {getattr(saved, k)}, "
+                              f"not {getattr(cfg, k)}; drop the flag, the network is the run's.")
+    return dataclasses.replace(cfg, **{k: getattr(saved, k) for k in NETWORK})
+
+
+def start_from(model, path: str) -> None:
+    """Set `model`'s weights to those of the run or checkpoint `path` (the averaged ones of an --ema run),
+    matched by their path in the module tree; variables the run does not have (quantization ranges) keep
+    their initial values."""
+    from lowlevel._tf import tf
+
+    def by_path(module):
+        return {p: v for p, v in module._flatten(predicate=lambda v: isinstance(v, tf.Variable), with_path=True)}
+
+    source = by_path(load(path).model)
+    net = getattr(model, "net", model)  # a quantize.Quantized model: the network inside
+    for p, v in by_path(net).items():
+        if p in source:
+            v.assign(source[p])
+        elif "quantization" not in p:
+            raise RunError(f"--from-run {path}: has no {'.'.join(map(str, p))}, a variable of this network; "
+                           f"give a run of the same --model.")
 
 
 def open_run(cfg: Config, run: Path):
@@ -116,16 +155,24 @@ def locate(path: str | Path, best: bool = False) -> tuple[Path, Path]:
                    f"give checkpoints/<run> or checkpoints/<run>/ckpt-N.")
 
 
-def build_model(cfg: Config, num_classes: int, input_shape=(32, 32, 3)):
+def build_model(cfg: Config, num_classes: int, input_shape=(32, 32, 3), steps_per_epoch: int = 0):
     """The model a run's config describes, for images of input_shape (H, W, C) (the one place that
-    turns config.json into a network).  A shape the network cannot take is a ConfigError."""
-    from lowlevel import nets
+    turns config.json into a network); with --qat, as its int8 network (quantize.Quantized, whose batch
+    norms freeze after qat_freeze_bn * steps_per_epoch training steps).  A shape the network cannot take
+    is a ConfigError."""
+    from lowlevel import nets, quantize
 
     try:
-        return nets.build(cfg.model, tuple(input_shape), num_classes, alpha=cfg.alpha, dropout=cfg.dropout,
-                          bn_momentum=cfg.bn_momentum, precision=cfg.precision)
+        net = nets.build(cfg.model, tuple(input_shape), num_classes, alpha=cfg.alpha, dropout=cfg.dropout,
+                         bn_momentum=cfg.bn_momentum, precision=cfg.precision)
     except ValueError as e:
         raise ConfigError(f"--model {cfg.model} on --dataset {cfg.dataset}: {e}") from None
+    if not cfg.qat:
+        return net
+    if not hasattr(net, "conv_layers"):
+        raise ConfigError(f"--qat: --model {cfg.model} does not list its convolutions and batch norms "
+                          f"(conv_layers), so they cannot be folded; choose another model.")
+    return quantize.Quantized(net, cfg.qat, int(cfg.qat_freeze_bn * steps_per_epoch))
 
 
 @dataclasses.dataclass

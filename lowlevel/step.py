@@ -44,9 +44,11 @@ class Trainer(tf.Module):
     def _build(self, cfg: Config, train: pipeline.Batches, num_classes: int) -> None:
         tf.random.set_seed(cfg.seed)  # the initial weights
         def build():
-            return runs.build_model(cfg, num_classes, input_shape=train.images.shape[1:])
+            return runs.build_model(cfg, num_classes, train.images.shape[1:], train.steps_per_epoch)
 
         self.model = build()
+        if cfg.from_run:  # fine-tuning: another run's weights
+            runs.start_from(self.model, cfg.from_run)
         for bn in self.model.submodules:
             if isinstance(bn, layers.BatchNorm):
                 bn.sync = cfg.sync_bn  # only matters with several replicas

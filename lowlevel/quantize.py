@@ -1,0 +1,168 @@
+"""Quantization-aware training (Jacob et al. 2018; Krishnamoorthi 2018): the network trained as the int8
+network will compute, with every rounding simulated in float ("fake quantization").
+
+An 8-bit tensor stands for real values  r = scale * (q - zero),  q an integer in 0..255 (activations)
+or -127..127 (weights, zero = 0).  Fake quantization rounds x to the nearest such value in float:
+
+    fq(x; lo, hi) = scale * (round(clamp(x, lo, hi) / scale - z) + z),   scale = (hi - lo) / 255
+
+(`tf.quantization.fake_quant_with_min_max_vars`, which first nudges lo and hi so that 0 is one of the
+values, as integer kernels need).  Its gradient is the straight-through estimator: 1 where lo <= x <= hi,
+0 outside, the rounding being treated as the identity.
+
+What `Quantized(net, ...)` changes in `net`, for every convolution of `net.conv_layers()` with its batch
+norm, and the classifier:
+
+  * weights: the batch norm folded in,  W' = W s,  s = gamma / sqrt(moving_var + eps)  [C_out], then
+    fake-quantized symmetrically, [-max|W'|, max|W'|] per output channel (or per tensor; the classifier's
+    always per tensor);
+  * the batch norm on z = conv(x, fq(W')), which is s * conv(x, W) up to rounding, so that
+        training (batch statistics of z: mean m_z, variance v_z):
+            y = |gamma| (z - m_z) / sqrt(v_z + eps s^2) + beta   = BN(conv(x, W)) exactly without rounding,
+            and the moving statistics move towards the batch's of conv(x, W): m_z / s, v_z / s^2;
+        after `freeze_after` training steps, and at inference (Krishnamoorthi 2018, section 3.2.2):
+            y = z + (beta - moving_mean s),   the folded layer the int8 network runs;
+  * activations: the input of every convolution and of the classifier, and the logits, fake-quantized
+    with ranges [lo, hi] kept as moving averages of each training batch's min and max (the first batch
+    sets them), read alone at inference.
+
+The int8 file (lowlevel/export.py) then takes every scale from these ranges, without calibration.
+"""
+from __future__ import annotations
+
+from lowlevel._tf import tf
+
+from lowlevel.layers import BatchNorm, Dense, DepthwiseConv2D
+
+SCHEMES = ("per-channel", "per-tensor")
+RANGE_MOMENTUM = 0.99  # of the activation ranges' moving averages
+
+
+def fake_quant(x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
+    """x rounded to the 256 values of [lo, hi] (nudged to hold 0), the straight-through gradient."""
+    return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)
+
+
+def fake_quant_weights(w: tf.Tensor, per_channel: bool, depthwise: bool = False) -> tf.Tensor:
+    """W [..., C_out] (depthwise: [k, k, C, m], C_out = C m) rounded symmetrically to 255 values:
+    scale = max|W| / 127 over each output channel (per_channel) or the whole tensor."""
+    shape = w.shape
+    if depthwise:  # output channel c*m + q is W[..., c, q]: make them the last axis
+        w = tf.reshape(w, [*shape[:2], 1, shape[2] * shape[3]])
+    if per_channel:
+        top = tf.reduce_max(tf.abs(w), axis=list(range(w.shape.rank - 1)))  # [C_out]
+        q = tf.quantization.fake_quant_with_min_max_vars_per_channel(w, -top, top, num_bits=8, narrow_range=True)
+    else:
+        top = tf.reduce_max(tf.abs(w))
+        q = tf.quantization.fake_quant_with_min_max_vars(w, -top, top, num_bits=8, narrow_range=True)
+    return tf.reshape(q, shape)
+
+
+class Range(tf.Module):
+    """An activation's [lo, hi]: moving averages of the batches' min and max (momentum RANGE_MOMENTUM),
+    set by the first batch (lo = hi = 0 until then)."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(name=name)
+        with self.name_scope:
+            self.lo = tf.Variable(0.0, trainable=False, name="lo")
+            self.hi = tf.Variable(0.0, trainable=False, name="hi")
+
+    def __call__(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+        if training:
+            x32 = tf.stop_gradient(tf.cast(x, tf.float32))
+            lo, hi = tf.minimum(tf.reduce_min(x32), 0.0), tf.maximum(tf.reduce_max(x32), 0.0)
+            fresh = tf.equal(self.lo, self.hi)
+            m = tf.where(fresh, 0.0, RANGE_MOMENTUM)
+            self.lo.assign(m * self.lo + (1.0 - m) * lo)
+            self.hi.assign(m * self.hi + (1.0 - m) * hi)
+        return tf.cast(fake_quant(tf.cast(x, tf.float32), self.lo, self.hi), x.dtype)
+
+
+class LayerQuantization(tf.Module):
+    """One convolution's or the classifier's part: its input's Range, and its weights' rounding (with its
+    batch norm folded in, if it has one).  Set as the layer's `quantization`; the layer calls it."""
+
+    def __init__(self, state: "Quantized", per_channel: bool, batch_norm: BatchNorm | None = None,
+                 depthwise: bool = False, name: str | None = None):
+        super().__init__(name=name)
+        # functions, not the objects: a checkpoint reaches the network and its batch norms by one path
+        self._training = lambda: state.training
+        self._fold = batch_norm.fold if batch_norm is not None else None
+        self.per_channel, self.depthwise = per_channel, depthwise
+        with self.name_scope:
+            self.input = Range(name="input")
+
+    def __call__(self, x: tf.Tensor, kernel: tf.Tensor, folded: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """(fq(x), fq(W')): `kernel` is W, or already W s when `folded` (BatchNorm.fold's, at inference)."""
+        if self._fold is not None and not folded:
+            kernel, _ = self._fold(kernel, depthwise=self.depthwise)
+        return (self.input(x, self._training()),
+                fake_quant_weights(kernel, self.per_channel, self.depthwise))
+
+
+def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Tensor) -> tf.Tensor:
+    """The batch norm of a convolution whose kernel has it folded in: z = conv(x, fq(W s)) [B, H, W, C]
+    (module docstring).  frozen: a bool tensor, True once the moving statistics stand in for the batch's."""
+    scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)  # s [C]
+    inference = z + (bn.beta - bn.moving_mean * scale)
+    if not training:
+        return inference
+    m_z, v_z = tf.nn.moments(z, axes=list(range(z.shape.rank - 1)))  # [C]
+    batch = tf.abs(bn.gamma) * (z - m_z) * tf.math.rsqrt(v_z + bn.epsilon * tf.square(scale)) + bn.beta
+    keep = tf.where(frozen, 1.0, bn.momentum)  # frozen: the moving statistics stay
+    bn.moving_mean.assign(keep * bn.moving_mean + (1.0 - keep) * tf.stop_gradient(tf.math.divide_no_nan(m_z, scale)))
+    bn.moving_variance.assign(keep * bn.moving_variance + (1.0 - keep) * tf.stop_gradient(
+        tf.math.divide_no_nan(v_z, tf.square(scale))))
+    return tf.where(frozen, inference, batch)
+
+
+class Quantized(tf.Module):
+    """`net` trained and run as its int8 network (module docstring).  scheme: "per-channel" or
+    "per-tensor" weight scales; freeze_after: the training steps with batch statistics, after which the
+    batch norms' moving statistics are frozen.  Calls, `inference` and every attribute are `net`'s."""
+
+    def __init__(self, net: tf.Module, scheme: str, freeze_after: int = 0):
+        super().__init__(name="quantized")
+        if scheme not in SCHEMES:
+            raise ValueError(f"the quantization scheme must be {' or '.join(SCHEMES)}, not {scheme!r}.")
+        self.net, self.scheme, self.freeze_after, self.training = net, scheme, freeze_after, False
+        per_channel = scheme == "per-channel"
+        with self.name_scope:
+            self.steps = tf.Variable(0.0, trainable=False, name="steps")  # training calls so far (float: --ema)
+            self.output = Range(name="output")
+            for _, conv, bn in net.conv_layers():
+                conv.quantization = LayerQuantization(self, per_channel, bn, isinstance(conv, DepthwiseConv2D))
+                bn.quantization = self.batch_norm  # (a function: see LayerQuantization)
+            for dense in [m for m in net.submodules if isinstance(m, Dense)]:
+                # per tensor in both schemes: the converter cannot carry a per-channel scale of the
+                # [C_in, C_out] matrix into LiteRT's transposed [C_out, C_in] one
+                dense.quantization = LayerQuantization(self, per_channel=False)
+
+    def __getattr__(self, name):  # everything else is the network's (input_shape, conv_layers, ...)
+        if name == "net":
+            raise AttributeError(name)
+        return getattr(self.net, name)
+
+    def __call__(self, images, training: bool = False, seed=None, taps=False):
+        return self._run(lambda: self.net(images, training, seed, taps), training, taps)
+
+    def inference(self, images):
+        return self._run(lambda: self.net.inference(images), False, False)
+
+    def batch_norm(self, bn: BatchNorm, z: tf.Tensor, training: bool) -> tf.Tensor:
+        """A batch norm's call inside the network (BatchNorm.__call__ hands it here)."""
+        return folded_batch_norm(bn, z, training, self.steps >= self.freeze_after)
+
+    def _run(self, call, training: bool, taps):
+        self.training = training
+        try:
+            out = call()
+        finally:
+            self.training = False
+        if training:
+            self.steps.assign_add(1.0)
+        if isinstance(out, dict):
+            out["logits"] = self.output(out["logits"], training)
+            return out
+        return self.output(out, training)
