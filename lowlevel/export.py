@@ -9,7 +9,8 @@ writes into DIR (default checkpoints/RUN/export/):
   float32.tflite        LiteRT (TFLite) flatbuffer, float32, the same signature
   dynamic.tflite        dynamic-range quantization: int8 weights, float32 activations
   int8.tflite           full integer: int8 weights (per output channel) and activations, calibrated on
-                        --calibration training images; uint8 input = the raw pixels (scale 1, zero
+                        --calibration training images (a --qat run: the ranges and weight scales it
+                        learned, no calibration); uint8 input = the raw pixels (scale 1, zero
                         point 0), so every format takes the same images
   int8-per-tensor.tflite  (--format tflite-int8-per-tensor, not in `all`) the same with one scale per
                         weight tensor: the naive quantization, for comparison
@@ -76,11 +77,15 @@ def deployed(model, normalization):
     (the same from float32 pixel values, which the int8 converter needs to quantize the input itself)."""
     from lowlevel._tf import tf
 
+    from lowlevel import quantize
+
     shape = list(model.input_shape)
+    learned = isinstance(model, quantize.Quantized)  # a --qat run: the normalization's ranges too
 
     def outputs(images):
         """images [B, H, W, C], pixel values 0..255 -> probabilities float32 [B, K], classes int64 [B]."""
-        logits = model.inference(normalization(images))  # normalization casts to float32
+        x = quantize.normalization(normalization, images) if learned else normalization(images)  # float32
+        logits = model.inference(x)
         return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, -1)}
 
     module = tf.Module(name="deployed")
@@ -99,6 +104,9 @@ def to_tflite(module, fmt: str, calibration: np.ndarray | None = None) -> bytes:
     [N, H, W, C]) through the float model; per-channel weight scales unless -per-tensor.  The input
     is uint8 holding the raw pixels: the converter quantizes the float pixels' range 0..255 with
     scale 1 and zero point 0 (checked), so no cast or rescale is left in the graph.
+    calibration None with int8: a --qat run's network, whose fake quantization gives every range and
+    weight scale (lowlevel/quantize.py); the file is checked to hold no float32 tensor but the
+    probabilities.
     """
     from lowlevel._tf import tf
 
@@ -107,6 +115,19 @@ def to_tflite(module, fmt: str, calibration: np.ndarray | None = None) -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], module)
     if fmt != "tflite-float":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # alone: dynamic-range
+    if integer and calibration is None:
+        # (not OpsSet.TFLITE_BUILTINS_INT8: in TF 2.21 that demands a representative dataset before it
+        # looks for the fake quantization, and with one it calibrates over the learned ranges)
+        converter.inference_input_type = tf.uint8
+        flatbuffer = converter.convert()
+        floats = [d["name"] for d in interpreter(flatbuffer).get_tensor_details() if d["dtype"] == np.float32]
+        if len(floats) > 1:  # the probabilities (dequantized) alone
+            raise runs.RunError(f"the int8 file would compute {len(floats) - 1} tensors in float32 ({floats[0]}, "
+                                f"...): the network has an operation quantization-aware training leaves "
+                                f"without a range; export tflite-float or tflite-dynamic instead.")
+        scale, zero = interpreter(flatbuffer).get_input_details()[0]["quantization"]
+        assert (scale, zero) == (1.0, 0), (scale, zero)  # quantize.normalization's pixel range, 0..255
+        return flatbuffer
     if integer:
         converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -157,8 +178,12 @@ def export(checkpoint: str, formats=ALL, out: str = "", best: bool = False, cali
 
 def _export(loaded, folder: Path, formats, calibration: int) -> Path:
     module = deployed(loaded.model, loaded.normalization)
-    images = None
-    if any(f.startswith("tflite-int8") for f in formats):
+    images, qat = None, loaded.config.qat
+    if qat and "tflite-int8-per-tensor" in formats and qat != "per-tensor":
+        raise runs.ConfigError(f"--format tflite-int8-per-tensor: {loaded.run} was trained with --qat {qat}, and "
+                               f"its int8 file (tflite-int8) has the scales it learned; for per-tensor ones "
+                               f"fine-tune with --qat per-tensor.")
+    if any(f.startswith("tflite-int8") for f in formats) and not qat:
         images = calibration_images(loaded.data.train_images, calibration)
     for fmt in formats:
         path = folder / FILES[fmt]
@@ -222,6 +247,8 @@ def write_manifest(folder: Path, loaded, formats, calibration: int) -> None:
     manifest.setdefault("files", {}).update({f: FILES[f] for f in formats})
     if calibration:
         manifest.update(calibration_images=calibration, calibration_seed=CALIBRATION_SEED)
+    if cfg.qat and any(f.startswith("tflite-int8") for f in formats):
+        manifest.update(int8_ranges=f"learned (--qat {cfg.qat})")
     runs.write_text(folder / "export.json", json.dumps(manifest, indent=2) + "\n")
 
 

@@ -341,8 +341,14 @@ def concat(tensors: list[tf.Tensor]) -> tf.Tensor:
 
 
 def global_average_pool(x: tf.Tensor) -> tf.Tensor:
-    """[B, H, W, C] -> [B, C]: the mean of each channel over the image."""
-    return tf.reduce_mean(x, axis=[1, 2])
+    """[B, H, W, C] -> [B, C]: the mean of each channel over the image.
+
+    Written as an average pool of one H x W window: LiteRT's int8 converter keeps an average pool's
+    input and output on one scale, so the range quantization-aware training learns for the classifier's
+    input also serves the last convolution's output (lowlevel/quantize.py)."""
+    if None in x.shape[1:3]:
+        return tf.reduce_mean(x, axis=[1, 2])
+    return tf.reshape(tf.nn.avg_pool2d(x, x.shape[1:3], 1, "VALID"), [-1, x.shape[-1]])
 
 
 def dropout(x: tf.Tensor, rate: float, training: bool, seed=None) -> tf.Tensor:

@@ -26,7 +26,8 @@ norm, and the classifier:
     with ranges [lo, hi] kept as moving averages of each training batch's min and max (the first batch
     sets them), read alone at inference.
 
-The int8 file (lowlevel/export.py) then takes every scale from these ranges, without calibration.
+The int8 file (lowlevel/export.py) then takes every scale from these ranges, without calibration; the
+pixels' normalization before the network gets exact ones (`normalization`).
 """
 from __future__ import annotations
 
@@ -166,3 +167,13 @@ class Quantized(tf.Module):
             out["logits"] = self.output(out["logits"], training)
             return out
         return self.output(out, training)
+
+
+def normalization(norm, images: tf.Tensor) -> tf.Tensor:
+    """norm(images), (x / 255 - mean) / std, written as (x - 255 mean) / (255 std) with each step's
+    exact range: pixels 0..255 (scale 1), then [min_c -255 mean_c, max_c 255 (1 - mean_c)].  The
+    network's first Range covers the result.  uint8 or float pixels [B, H, W, C] -> float32."""
+    mean, std = norm.mean * 255.0, norm.std * 255.0  # [C]
+    x = fake_quant(tf.cast(images, tf.float32), tf.constant(0.0), tf.constant(255.0))
+    x = fake_quant(x - mean, tf.reduce_min(-mean), tf.reduce_max(255.0 - mean))
+    return x / std

@@ -136,10 +136,34 @@ def test_after_the_freeze_training_computes_the_int8_network_and_its_statistics_
 QAT = ["--qat", "per-channel", "--epochs", "2", "--lr", "0.01", "--warmup-epochs", "0", "--qat-freeze-bn", "1"]
 
 
+def assert_int8_file_is_the_simulated_network(cwd, cli):
+    """export writes the QAT run "straight" as an int8 file from its learned ranges: integer throughout
+    (uint8 pixels in at scale 1, the probabilities the one float32 tensor), predicting what the
+    simulated network predicts: each probability within 2 steps of the int8 softmax (1/256)."""
+    from lowlevel import export, runs
+    from lowlevel.exported import Exported, interpreter
+
+    status, out, err = cli("export", cwd, "--checkpoint", "checkpoints/straight", "--format", "tflite-int8")
+    assert status == 0, err
+    path = cwd / "checkpoints" / "straight" / "export" / "int8.tflite"
+    file = interpreter(path.read_bytes())
+    details = file.get_tensor_details()
+    floats = [d["index"] for d in details if d["dtype"] == np.float32]
+    probabilities = [d["index"] for d in file.get_output_details() if d["dtype"] == np.float32]
+    assert floats == probabilities and len(floats) == 1
+    assert {d["dtype"] for d in details} == {np.uint8, np.int8, np.int32, np.int64, np.float32}
+    loaded = runs.load(cwd / "checkpoints" / "straight")
+    images = loaded.data.test_images
+    simulated = export.deployed(loaded.model, loaded.normalization).serve(tf.constant(images))["probabilities"]
+    simulated, int8 = simulated.numpy(), Exported(path).predict(images)
+    assert np.abs(int8 - simulated).max() < 2 / 256  # (so the classes agree but where two are that close)
+
+
 @pytest.mark.slow
 def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8(tmp_path, data, cli):
     """train --from-run F --qat: the network and data set are F's, the weights start as F's; stopped and
-    resumed it ends with the very weights of the uninterrupted run; evaluate measures the rounded network."""
+    resumed it ends with the very weights of the uninterrupted run; evaluate measures the rounded network,
+    export writes it as an int8 file (above); flags that contradict F or QAT are one sentence."""
     status, _, err = cli("train", tmp_path, "--data", data, *TINY, "--epochs", "1", "--run-name", "float")
     assert status == 0, err
     common = ["--data", data, "--batch-size", "8", "--val-size", "20", "--progress", "none", "--steps-per-call",
@@ -154,6 +178,7 @@ def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8
     assert '"alpha": 0.125' in config and '"qat": "per-channel"' in config
     status, out, err = cli("evaluate", tmp_path, "--checkpoint", "checkpoints/straight")
     assert status == 0 and "test accuracy" in out, err
+    assert_int8_file_is_the_simulated_network(tmp_path, cli)
     status, _, err = cli("train", tmp_path, *common, "--run-name", "other", "--alpha", "0.5")
     one_error(status, err, "--from-run checkpoints/float", "--alpha 0.125")
     status, _, err = cli("train", tmp_path, *common, "--run-name", "other", "--precision", "bfloat16")
