@@ -25,6 +25,10 @@ checkpoints/RUN/inspect-<step>/:
                            images, inference mode (the batch norms use their moving statistics)
   blocks.csv   for the later networks, one row per block with a squeeze-and-excitation gate or a
                residual connection (Blocks): the gates' mean and spread, the residual branch's share
+  quantization.csv  one row per convolution and one for the logits (quantize.layer_errors): the SQNR of the
+               folded weights rounded to int8 per channel and per tensor, and of the layer's output in the
+               int8 network against the float one (per channel, per tensor, activations alone), with the
+               activation range (a --qat run's learned one; else the min and max over the N images)
   PNGs         stem_filters, depthwise_filters (block B), feature_maps (test image K), histograms,
                dead_and_ranges, batch_norms
 
@@ -183,16 +187,18 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
     runs.check_writable(out.parent)  # before the work
     stats, example, blocks = pass_images(loaded, n, image, batch)
     table = layer_table(loaded, stats, example, batch, n)
+    quantized = quantization_table(loaded, n, batch)
     try:
         out.mkdir(exist_ok=True)
     except OSError as e:
         raise runs.WriteError(out, e) from None
     runs.write_text(out / "layers.csv", table.to_csv(index=False))
+    runs.write_text(out / "quantization.csv", quantized.to_csv(index=False))
     inside = blocks.table()
     if len(inside):
         runs.write_text(out / "blocks.csv", inside.to_csv(index=False))
     draw(loaded, out, stats, example, table, depthwise[block] if depthwise else None, image, n)
-    summarize(table, n, out, inside)
+    summarize(table, n, out, inside, quantized)
     ops = op_counts(loaded.model)
     print("inference graph: " + ", ".join(f"{count} {op}" for op, count in ops.items()
                                           if op in ("Conv2D", "DepthwiseConv2dNative", "BiasAdd", "Relu6", "MatMul")))
@@ -235,6 +241,15 @@ def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict, Blo
         if start <= image < start + batch:
             example = {name: taps[name][image - start].numpy() for name, _, _ in layers}  # [H, W, C] each
     return stats, example, blocks
+
+
+def quantization_table(loaded, n: int, batch: int):
+    """quantization.csv (quantize.layer_errors) over the first n test images."""
+    import pandas as pd
+
+    from lowlevel import quantize
+    x = [loaded.normalization(loaded.data.test_images[s:min(s + batch, n)]) for s in range(0, n, batch)]
+    return pd.DataFrame(quantize.layer_errors(loaded.model, x))
 
 
 def layer_table(loaded, stats: dict, example: dict, batch: int, n: int):
@@ -346,7 +361,7 @@ def graph(checkpoint: str, best: bool = False, data_path: str = "") -> Path:
     return out
 
 
-def summarize(table, n: int, out: Path, inside) -> None:
+def summarize(table, n: int, out: Path, inside, quantized) -> None:
     dead = table.dead_channels.sum()
     worst = table.loc[table.weight_range_ratio.idxmax()]
     skewed = table.loc[table.bn_mean_shift.idxmax()] if table.bn_mean_shift.notna().any() else None
@@ -365,7 +380,11 @@ def summarize(table, n: int, out: Path, inside) -> None:
         low = inside.loc[inside.residual_share.idxmin()]
         print(f"residual branches ({inside.residual_share.notna().sum()} blocks): median share "
               f"{inside.residual_share.median():.2f} of |x| + |F(x)|, lowest {low.block} ({low.residual_share:.2f})")
-    csvs = "layers.csv and blocks.csv" if len(inside) else "layers.csv"
+    logits, weak = quantized.iloc[-1], quantized.loc[quantized.iloc[:-1].output_sqnr_tensor_db.idxmin()]
+    print(f"int8 logits against float: {logits.output_sqnr_channel_db:.1f} dB SQNR with per-channel weights, "
+          f"{logits.output_sqnr_tensor_db:.1f} dB per tensor; lowest per tensor: {weak.layer} "
+          f"({weak.output_sqnr_tensor_db:.1f} dB; its folded weights {weak.weight_sqnr_tensor_db:.1f} dB)")
+    csvs = ("layers.csv, blocks.csv" if len(inside) else "layers.csv") + " and quantization.csv"
     print(f"wrote {out}/{csvs} and {len(list(out.glob('*.png')))} PNGs")
 
 

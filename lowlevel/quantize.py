@@ -31,6 +31,8 @@ pixels' normalization before the network gets exact ones (`normalization`).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Dense, DepthwiseConv2D
@@ -69,7 +71,16 @@ class Range(tf.Module):
             self.lo = tf.Variable(0.0, trainable=False, name="lo")
             self.hi = tf.Variable(0.0, trainable=False, name="hi")
 
-    def __call__(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+    def __call__(self, x: tf.Tensor, training: bool, calibrating: bool = False, enabled: bool = True) -> tf.Tensor:
+        """fq(x; lo, hi); training: first move [lo, hi] towards this batch's; calibrating: widen it to hold
+        this batch's (the min and max over every batch so passed); enabled False: x itself."""
+        if calibrating:
+            x32 = tf.cast(x, tf.float32)
+            fresh = tf.equal(self.lo, self.hi)
+            self.lo.assign(tf.minimum(tf.where(fresh, 0.0, self.lo), tf.reduce_min(x32)))
+            self.hi.assign(tf.maximum(tf.where(fresh, 0.0, self.hi), tf.reduce_max(x32)))
+        if not enabled:
+            return x
         if training:
             x32 = tf.stop_gradient(tf.cast(x, tf.float32))
             lo, hi = tf.minimum(tf.reduce_min(x32), 0.0), tf.maximum(tf.reduce_max(x32), 0.0)
@@ -84,22 +95,27 @@ class LayerQuantization(tf.Module):
     """One convolution's or the classifier's part: its input's Range, and its weights' rounding (with its
     batch norm folded in, if it has one).  Set as the layer's `quantization`; the layer calls it."""
 
-    def __init__(self, state: "Quantized", per_channel: bool, batch_norm: BatchNorm | None = None,
-                 depthwise: bool = False, name: str | None = None):
+    def __init__(self, state: "Quantized", batch_norm: BatchNorm | None = None, depthwise: bool = False,
+                 name: str | None = None):
         super().__init__(name=name)
         # functions, not the objects: a checkpoint reaches the network and its batch norms by one path
-        self._training = lambda: state.training
+        self._state = lambda: state
         self._fold = batch_norm.fold if batch_norm is not None else None
-        self.per_channel, self.depthwise = per_channel, depthwise
+        self.depthwise = depthwise
         with self.name_scope:
             self.input = Range(name="input")
 
     def __call__(self, x: tf.Tensor, kernel: tf.Tensor, folded: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """(fq(x), fq(W')): `kernel` is W, or already W s when `folded` (BatchNorm.fold's, at inference)."""
+        state = self._state()
         if self._fold is not None and not folded:
             kernel, _ = self._fold(kernel, depthwise=self.depthwise)
-        return (self.input(x, self._training()),
-                fake_quant_weights(kernel, self.per_channel, self.depthwise))
+        x = self.input(x, state.training, state.calibrating, state.activations)
+        if state.weights:
+            # the classifier's per tensor in both schemes: the converter cannot carry a per-channel scale
+            # of the [C_in, C_out] matrix into LiteRT's transposed [C_out, C_in] one
+            kernel = fake_quant_weights(kernel, state.per_channel and self._fold is not None, self.depthwise)
+        return x, kernel
 
 
 def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Tensor) -> tf.Tensor:
@@ -127,18 +143,38 @@ class Quantized(tf.Module):
         super().__init__(name="quantized")
         if scheme not in SCHEMES:
             raise ValueError(f"the quantization scheme must be {' or '.join(SCHEMES)}, not {scheme!r}.")
-        self.net, self.scheme, self.freeze_after, self.training = net, scheme, freeze_after, False
-        per_channel = scheme == "per-channel"
+        self.net, self.freeze_after = net, freeze_after
+        self.scheme = scheme
+        # what a call rounds (Python switches, read as the call is traced): lowlevel.inspect turns them
+        self.weights = self.activations = True
+        self.training = self.calibrating = False
         with self.name_scope:
             self.steps = tf.Variable(0.0, trainable=False, name="steps")  # training calls so far (float: --ema)
             self.output = Range(name="output")
             for _, conv, bn in net.conv_layers():
-                conv.quantization = LayerQuantization(self, per_channel, bn, isinstance(conv, DepthwiseConv2D))
+                conv.quantization = LayerQuantization(self, bn, isinstance(conv, DepthwiseConv2D))
                 bn.quantization = self.batch_norm  # (a function: see LayerQuantization)
             for dense in [m for m in net.submodules if isinstance(m, Dense)]:
-                # per tensor in both schemes: the converter cannot carry a per-channel scale of the
-                # [C_in, C_out] matrix into LiteRT's transposed [C_out, C_in] one
-                dense.quantization = LayerQuantization(self, per_channel=False)
+                dense.quantization = LayerQuantization(self)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scheme == "per-channel"
+
+    def detach(self) -> tf.Module:
+        """The network alone again, in float (its layers' quantization removed); returns it."""
+        for m in self.net.submodules:
+            if hasattr(m, "quantization"):
+                m.quantization = None
+        return self.net
+
+    def calibrate(self, images) -> None:
+        """Widen every activation range to hold these images' (a network never trained with --qat)."""
+        self.calibrating = True
+        try:
+            self(images)
+        finally:
+            self.calibrating = False
 
     def __getattr__(self, name):  # everything else is the network's (input_shape, conv_layers, ...)
         if name == "net":
@@ -163,10 +199,12 @@ class Quantized(tf.Module):
             self.training = False
         if training:
             self.steps.assign_add(1.0)
+        def rounded(logits):
+            return self.output(logits, training, self.calibrating, self.activations)
         if isinstance(out, dict):
-            out["logits"] = self.output(out["logits"], training)
+            out["logits"] = rounded(out["logits"])
             return out
-        return self.output(out, training)
+        return rounded(out)
 
 
 def normalization(norm, images: tf.Tensor) -> tf.Tensor:
@@ -177,3 +215,70 @@ def normalization(norm, images: tf.Tensor) -> tf.Tensor:
     x = fake_quant(tf.cast(images, tf.float32), tf.constant(0.0), tf.constant(255.0))
     x = fake_quant(x - mean, tf.reduce_min(-mean), tf.reduce_max(255.0 - mean))
     return x / std
+
+
+def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
+    """The signal-to-quantization-noise ratio 10 log10(sum r^2 / sum (r - a)^2), in dB (inf: no error)."""
+    r = np.asarray(reference, np.float64)
+    noise = np.sum((r - np.asarray(approximation, np.float64)) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(r ** 2) / noise))
+
+
+# quantization.csv's output columns: what the network rounds, (weights, activations, scheme)
+ROUNDED = {"output_sqnr_channel_db": (True, True, "per-channel"), "output_sqnr_tensor_db": (True, True, "per-tensor"),
+           "output_sqnr_activations_db": (False, True, "per-channel")}
+
+
+def layer_errors(model, batches: list) -> list[dict]:
+    """lowlevel.inspect's quantization.csv: a row per convolution (and one for the logits) of
+
+        weight_sqnr_channel_db, _tensor_db   SQNR of its folded weights W' rounded per channel / per tensor
+        output_sqnr_channel_db, _tensor_db   SQNR of its output (after the activation) in the int8 network
+                                             against the float one, the rounding of every earlier layer included
+        output_sqnr_activations_db           the same with the activations alone rounded (float weights)
+        input_lo, input_hi                   the range its input is rounded to
+
+    over `batches` (normalized images [B, H, W, C]).  `model`: a --qat run's (Quantized: its learned
+    ranges), or a float network, whose activation ranges are the min and max over the batches."""
+    q = model if isinstance(model, Quantized) else Quantized(model, "per-channel")
+    try:
+        if q is not model:
+            for x in batches:
+                q.calibrate(x)
+        rows = []
+        for name, conv, bn in q.conv_layers():
+            folded, _ = bn.fold(conv.kernel, depthwise=isinstance(conv, DepthwiseConv2D))
+            depthwise = isinstance(conv, DepthwiseConv2D)
+            rows.append({"layer": name, **{f"weight_sqnr_{s}_db": sqnr_db(folded, fake_quant_weights(
+                folded, s == "channel", depthwise)) for s in ("channel", "tensor")},
+                "input_lo": float(conv.quantization.input.lo.numpy()),
+                "input_hi": float(conv.quantization.input.hi.numpy())})
+        rows.append({"layer": "logits", "input_lo": float(q.output.lo.numpy()), "input_hi": float(q.output.hi.numpy())})
+        tapped = {column: _tapped(q, *setting) for column, setting in {**ROUNDED, "float": (False, False, q.scheme)}.items()}
+        signal, noise = np.zeros(len(rows)), {column: np.zeros(len(rows)) for column in ROUNDED}
+        for x in batches:
+            reference = tapped["float"](x)
+            signal += [np.sum(np.square(reference[r["layer"]].numpy(), dtype=np.float64)) for r in rows]
+            for column in ROUNDED:
+                out = tapped[column](x)
+                noise[column] += [np.sum(np.square(reference[r["layer"]].numpy() - out[r["layer"]].numpy(),
+                                                   dtype=np.float64)) for r in rows]
+        for i, row in enumerate(rows):
+            for column in ROUNDED:
+                row[column] = float("inf") if noise[column][i] == 0 else float(10 * np.log10(signal[i] / noise[column][i]))
+        return rows
+    finally:
+        if q is not model:
+            q.detach()
+
+
+def _tapped(q: Quantized, weights: bool, activations: bool, scheme: str):
+    """q(x, taps=True) compiled with these switches (read as it is traced)."""
+    def run(x):
+        saved = q.weights, q.activations, q.scheme
+        q.weights, q.activations, q.scheme = weights, activations, scheme
+        try:
+            return q(x, taps=True)
+        finally:
+            q.weights, q.activations, q.scheme = saved
+    return tf.function(run, autograph=False)

@@ -93,6 +93,10 @@ def test_inspect_a_run(tmp_path, straight, cli):
     for png in ("stem_filters", "depthwise_filters", "feature_maps", "histograms", "dead_and_ranges", "batch_norms"):
         assert (folder / f"{png}.png").read_bytes()[:4] == b"\x89PNG", png
     assert "27 convolutions, 30 test images" in out and "14 Conv2D, 13 DepthwiseConv2dNative" in out
+    quantized = pd.read_csv(folder / "quantization.csv")  # the columns' arithmetic: tests/test_quantize.py
+    assert list(quantized.layer) == [*table.layer, "logits"]
+    assert (quantized.weight_sqnr_channel_db >= quantized.weight_sqnr_tensor_db).iloc[:-1].all()
+    assert (quantized.iloc[:, 1:].iloc[:-1].notna()).all().all() and "int8 logits against float: " in out
 
 
 @pytest.mark.slow

@@ -183,3 +183,40 @@ def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8
     one_error(status, err, "--from-run checkpoints/float", "--alpha 0.125")
     status, _, err = cli("train", tmp_path, *common, "--run-name", "other", "--precision", "bfloat16")
     one_error(status, err, "--qat", "--precision bfloat16")
+
+
+def test_sqnr_of_rounding_a_uniform_signal_is_its_closed_form():
+    """x uniform on [-1, 1] rounded to steps d = 2/255: noise d^2 / 12 against signal 1/3, so
+    SQNR = 10 log10(4 / d^2) = 20 log10(255) = 48.13 dB."""
+    x = np.random.default_rng(3).uniform(-1, 1, 1_000_000).astype(np.float32)
+    rounded = quantize.fake_quant(tf.constant(x), tf.constant(-1.0), tf.constant(1.0)).numpy()
+    assert quantize.sqnr_db(x, rounded) == pytest.approx(20 * np.log10(255), abs=0.05)
+    assert quantize.sqnr_db(x, x) == float("inf")
+
+
+def test_the_quantization_table_on_a_layer_whose_error_is_known():
+    """A stem whose folded kernel lies on its per-channel grid (k / 127 of each channel's largest value)
+    loses nothing per channel; with one channel 1000 times wider, per tensor rounds the others to a
+    few steps, and the int8 network's stem output is worse per tensor than per channel.  The table
+    leaves the float network as it found it."""
+    net = tiny_net(1)
+    bn = net.bn_stem
+    bn.gamma.assign(tf.ones_like(bn.gamma)), bn.beta.assign(tf.zeros_like(bn.beta))
+    bn.moving_mean.assign(tf.zeros_like(bn.gamma)), bn.moving_variance.assign(tf.fill(bn.gamma.shape, 1 - bn.epsilon))
+    rng = np.random.default_rng(4)
+    c = net.stem.out_channels
+    widths = np.ones(c, np.float32)
+    widths[0] = 1000.0
+    steps = rng.integers(-127, 128, net.stem.kernel.shape).astype(np.float32)
+    steps[0, 0, 0, :] = 127  # each channel reaches its largest value
+    net.stem.kernel.assign(steps / 127 * widths)
+    batches = [tf.random.stateless_normal([16, 32, 32, 3], [5, i]) for i in range(2)]
+    rows = {r["layer"]: r for r in quantize.layer_errors(net, batches)}
+    stem = rows["stem"]
+    assert stem["weight_sqnr_channel_db"] > 100  # float32 rounding of W s only
+    assert stem["weight_sqnr_tensor_db"] < stem["weight_sqnr_channel_db"] - 30
+    assert stem["output_sqnr_tensor_db"] < stem["output_sqnr_channel_db"] - 1
+    assert stem["input_lo"] == pytest.approx(min(float(tf.reduce_min(b)) for b in batches))
+    assert stem["input_hi"] == pytest.approx(max(float(tf.reduce_max(b)) for b in batches))
+    assert len(rows) == len(net.conv_layers()) + 1 and np.isfinite(rows["logits"]["output_sqnr_channel_db"])
+    assert all(m.quantization is None for m in net.submodules if hasattr(m, "quantization"))
