@@ -6,6 +6,7 @@
 
     python -m lowlevel.evaluate --model checkpoints/RUN/export/int8.tflite      # an exported model
     python -m lowlevel.evaluate --model checkpoints/RUN/export/savedmodel
+    python -m lowlevel.evaluate --model checkpoints/RUN/export/int8.tflite --agree-with checkpoints/RUN
 
 The model is rebuilt from the run's config.json, so no training flag needs to
 be repeated; an exported model's data set is read from the export.json beside it
@@ -39,14 +40,20 @@ def parser() -> Parser:
     p.add_argument("--data", default="", help="the data set's folder or its parent (default: the run's --data)")
     p.add_argument("--dataset", default="", help="with --model and no export.json beside it: the data set "
                                                  "(default cifar10)")
+    p.add_argument("--agree-with", default="", help="with --model: also the share of test images on which it "
+                                                    "predicts the class that this other model (a checkpoint, "
+                                                    "without test-time augmentation, or an exported file) predicts")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.agree_with and not args.model:
+        p.error("--agree-with compares an exported --model with another model; add --model")
     if args.model:
         return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate_exported(
-            args.model, args.data, args.dataset))
+            args.model, args.data, args.dataset, agree_with=args.agree_with))
     return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate(
         args.checkpoint, args.best, args.data, args.weights or "", args.tta))
 
@@ -70,11 +77,15 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "", weights: 
     return 0
 
 
-def evaluate_exported(path: str, data_path: str = "", dataset: str = "", batch: int = 500) -> float:
-    """The test accuracy of an exported model, reported as for a checkpoint; returns it."""
+def evaluate_exported(path: str, data_path: str = "", dataset: str = "", batch: int = 500,
+                      agree_with: str = "") -> float:
+    """The test accuracy of an exported model, reported as for a checkpoint; returns it.  agree_with:
+    another model (checkpoint or exported file) whose predicted classes are compared."""
     from lowlevel import datasets, exported
 
     model = exported.Exported(path)
+    if agree_with and Path(agree_with).resolve() == model.path.resolve():
+        raise runs.ConfigError(f"--agree-with {agree_with}: is the --model itself; give another model.")
     runs.check_writable(model.path.parent)
     if model.kind == "tflite" and exported.litert_notice():
         print(exported.litert_notice())
@@ -84,9 +95,34 @@ def evaluate_exported(path: str, data_path: str = "", dataset: str = "", batch: 
     if tuple(data.test_images.shape[1:]) != model.input_shape:
         raise runs.RunError(f"{model.path}: takes images of shape {model.input_shape}, but the {name} test images "
                             f"are {data.test_images.shape[1:]}; give its data set with --dataset and --data.")
-    images = data.test_images
-    probabilities = np.concatenate([model.predict(images[i:i + batch]) for i in range(0, len(images), batch)])
-    return report(data, probabilities.argmax(-1), model.path)
+    preds = predicted(model, data.test_images, batch)
+    other = predicted_by(agree_with, data, data_path, batch) if agree_with else None
+    accuracy = report(data, preds, model.path)
+    if other is not None:
+        print(f"{model.path}: predicts the class {agree_with} predicts on {100 * np.mean(preds == other):.2f}% "
+              f"of the {len(preds)} test images")
+    return accuracy
+
+
+def predicted(model, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    """The classes [N] an exported model predicts for uint8 images [N, H, W, C]."""
+    return np.concatenate([model.predict(images[i:i + batch]).argmax(-1) for i in range(0, len(images), batch)])
+
+
+def predicted_by(path: str, data, data_path: str, batch: int = 500) -> np.ndarray:
+    """The test classes the model at `path` predicts: an exported file, or a checkpoint (without TTA)."""
+    from lowlevel import exported, pipeline
+    from lowlevel.step import evaluator
+
+    p = Path(path)
+    if p.suffix == ".tflite" or (p / "saved_model.pb").is_file():
+        return predicted(exported.Exported(p), data.test_images, batch)
+    loaded = runs.load(path, data_path=data_path)
+    if len(loaded.data.test_images) != len(data.test_images):
+        raise runs.ConfigError(f"--agree-with {path}: its run measures {len(loaded.data.test_images)} test images, "
+                               f"not {len(data.test_images)}; give a model of the same data set.")
+    test = pipeline.Batches(loaded.data.test_images, loaded.data.test_labels, loaded.normalization, batch)
+    return evaluator(loaded.model, test, "none")()[2]
 
 
 def report(data, preds: np.ndarray, prefix: Path, loss: str = "") -> float:

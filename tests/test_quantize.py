@@ -157,6 +157,10 @@ def assert_int8_file_is_the_simulated_network(cwd, cli):
     simulated = export.deployed(loaded.model, loaded.normalization).serve(tf.constant(images))["probabilities"]
     simulated, int8 = simulated.numpy(), Exported(path).predict(images)
     assert np.abs(int8 - simulated).max() < 2 / 256  # (so the classes agree but where two are that close)
+    status, out, err = cli("evaluate", cwd, "--model", path, "--agree-with", "checkpoints/straight")
+    share = float(out.split(" on ")[-1].split("%")[0])
+    assert status == 0 and "predicts the class checkpoints/straight predicts on" in out, err
+    assert share == pytest.approx(100 * np.mean(int8.argmax(1) == simulated.argmax(1)), abs=100 / len(images) + 1e-9)
 
 
 @pytest.mark.slow
