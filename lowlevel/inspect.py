@@ -165,9 +165,13 @@ def weight_range_ratio(kernel: np.ndarray) -> float:
     return float(r.max() / median) if median > 0 else float("inf")
 
 
-def skew(mean: np.ndarray, var: np.ndarray, bn) -> tuple[float, float]:
-    """(RMS of (mean - moving_mean) / sqrt(moving_variance + eps), median of var / moving_variance)."""
+def skew(mean: np.ndarray, var: np.ndarray, bn, folded: bool = False) -> tuple[float, float]:
+    """(RMS of (mean - moving_mean) / sqrt(moving_variance + eps), median of var / moving_variance).
+    folded (a --qat run, the batch norm in the kernel): the moments are of s x, s = gamma / sqrt(m_var + eps)."""
     moving_mean, moving_var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    if folded:
+        s = bn.gamma.numpy() / np.sqrt(moving_var + bn.epsilon)
+        mean, var = np.divide(mean, s, where=s != 0, out=np.zeros_like(mean)), var / np.maximum(s * s, 1e-24)
     shift = (mean - moving_mean) / np.sqrt(moving_var + bn.epsilon)
     return float(np.sqrt(np.mean(np.square(shift)))), float(np.median(var / np.maximum(moving_var, 1e-12)))
 
@@ -246,7 +250,6 @@ def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict, Blo
 def quantization_table(loaded, n: int, batch: int):
     """quantization.csv (quantize.layer_errors) over the first n test images."""
     import pandas as pd
-
     from lowlevel import quantize
     x = [loaded.normalization(loaded.data.test_images[s:min(s + batch, n)]) for s in range(0, n, batch)]
     return pd.DataFrame(quantize.layer_errors(loaded.model, x))
@@ -257,7 +260,6 @@ def layer_table(loaded, stats: dict, example: dict, batch: int, n: int):
     import pandas as pd
 
     from lowlevel._tf import tf
-
     from lowlevel.layers import DepthwiseConv2D
     from lowlevel.step import cross_entropy
 
@@ -276,7 +278,7 @@ def layer_table(loaded, stats: dict, example: dict, batch: int, n: int):
         row = {"gamma_min": nan, "gamma_median": nan, "gamma_max": nan, "bn_mean_shift": nan, "bn_var_ratio": nan}
         if bn is not None:
             gamma = np.abs(bn.gamma.numpy())
-            shift, ratio = skew(*stats[name].input_moments(), bn)
+            shift, ratio = skew(*stats[name].input_moments(), bn, getattr(conv, "quantization", None) is not None)
             row = {"gamma_min": gamma.min(), "gamma_median": float(np.median(gamma)), "gamma_max": gamma.max(),
                    "bn_mean_shift": shift, "bn_var_ratio": ratio}
         h, w, c = example[name].shape
@@ -301,7 +303,7 @@ def draw(loaded, out: Path, stats: dict, example: dict, table, depthwise, image:
     figures.histograms({name: stats[name].histogram for name, _, _ in layers}, HIST_BINS, out / "histograms.png", title)
     figures.dead_and_ranges(table, out / "dead_and_ranges.png", title)
     moving = {name: (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for name, _, bn in layers if bn is not None}
-    if moving:  # networks without batch norms have none to draw
+    if moving:  # (networks without batch norms have none to draw)
         figures.batch_norms(moving, out / "batch_norms.png", title)
 
 
@@ -317,7 +319,6 @@ def op_counts(model, batch: int = 1) -> dict[str, int]:
 def count_ops(concrete) -> dict[str, int]:
     """Op types of a traced function, its nested functions (loop bodies, conditions) included."""
     import collections
-
     graph = concrete.graph.as_graph_def()
     counts = collections.Counter(node.op for node in graph.node)
     for function in graph.library.function:
@@ -328,9 +329,8 @@ def count_ops(concrete) -> dict[str, int]:
 def graph(checkpoint: str, best: bool = False, data_path: str = "") -> Path:
     """Trace one call of the run's compiled training step into TensorBoard's graph view
     (inspect-<step>/graph/), and print the op counts of the training step and of inference."""
-    from lowlevel._tf import tf
-
     from lowlevel import pipeline
+    from lowlevel._tf import tf
     from lowlevel.step import Trainer
 
     loaded = runs.load(checkpoint, best, data_path)

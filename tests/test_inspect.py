@@ -136,3 +136,19 @@ def test_inspect_a_standard_run_layer_by_layer(tmp_path, data, cli):
     assert not (tmp_path / "checkpoints" / "std" / "inspect-10" / "depthwise_filters.png").exists()
     assert "14 convolutions, 20 test images" in out and "inference graph: 14 Conv2D" in out
     assert "DepthwiseConv2dNative" not in out
+
+
+def test_batch_norm_skew_of_a_folded_layer_is_that_of_the_layer_unfolded():
+    """A --qat run's batch-norm input is z = s x (the batch norm folded into the kernel, s = gamma /
+    sqrt(moving_variance + eps)): skew(moments of z, folded=True) is skew(moments of x)."""
+    from lowlevel.layers import BatchNorm
+
+    rng = np.random.default_rng(0)
+    bn = BatchNorm(6)
+    bn.gamma.assign(rng.uniform(0.2, 2, 6) * rng.choice([-1, 1], 6))
+    bn.moving_mean.assign(rng.normal(size=6)), bn.moving_variance.assign(rng.uniform(0.5, 2, 6))
+    mean, var = rng.normal(size=6), rng.uniform(0.5, 2, 6)
+    s = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    want = inspect.skew(mean, var, bn)
+    assert want[0] > 0.1
+    np.testing.assert_allclose(inspect.skew(mean * s, var * s * s, bn, folded=True), want, rtol=1e-5)
