@@ -122,9 +122,9 @@ def to_tflite(module, fmt: str, calibration: np.ndarray | None = None) -> bytes:
         flatbuffer = converter.convert()
         floats = [d["name"] for d in interpreter(flatbuffer).get_tensor_details() if d["dtype"] == np.float32]
         if len(floats) > 1:  # the probabilities (dequantized) alone
-            raise runs.RunError(f"the int8 file would compute {len(floats) - 1} tensors in float32 ({floats[0]}, "
-                                f"...): the network has an operation quantization-aware training leaves "
-                                f"without a range; export tflite-float or tflite-dynamic instead.")
+            raise runs.RunError(f"not integer throughout: {len(floats) - 1} tensors would stay float32 ({floats[0]}, "
+                                f"...), outputs of operations quantization-aware training gives no range "
+                                f"(lowlevel/quantize.py); export tflite-float or tflite-dynamic instead")
         scale, zero = interpreter(flatbuffer).get_input_details()[0]["quantization"]
         assert (scale, zero) == (1.0, 0), (scale, zero)  # quantize.normalization's pixel range, 0..255
         return flatbuffer
@@ -139,7 +139,7 @@ def to_tflite(module, fmt: str, calibration: np.ndarray | None = None) -> bytes:
         scale, zero = interpreter(flatbuffer).get_input_details()[0]["quantization"]
         if (scale, zero) != (1.0, 0):
             raise runs.RunError(f"the calibration images' pixels do not reach 255 (the int8 input would be scaled "
-                                f"by {scale:.4g}, zero point {zero}); calibrate on more images with --calibration.")
+                                f"by {scale:.4g}, zero point {zero}); calibrate on more images with --calibration")
     return flatbuffer
 
 
@@ -193,8 +193,8 @@ def _export(loaded, folder: Path, formats, calibration: int) -> Path:
             try:
                 with quiet_stderr():  # the converter's own log lines; shown if it fails
                     flatbuffer = to_tflite(module, fmt, images)
-            except runs.RunError:
-                raise
+            except runs.RunError as e:
+                raise runs.RunError(f"{path}: {e}; nothing was written.") from None
             except Exception as e:  # noqa: BLE001 - the converter raises many kinds; none leaves a file
                 raise runs.RunError(f"{path}: could not be converted ({errors.first_line(e)}); nothing was "
                                     f"written.") from None

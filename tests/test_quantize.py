@@ -224,3 +224,17 @@ def test_the_quantization_table_on_a_layer_whose_error_is_known():
     assert stem["input_hi"] == pytest.approx(max(float(tf.reduce_max(b)) for b in batches))
     assert len(rows) == len(net.conv_layers()) + 1 and np.isfinite(rows["logits"]["output_sqnr_channel_db"])
     assert all(m.quantization is None for m in net.submodules if hasattr(m, "quantization"))
+
+
+@pytest.mark.slow
+def test_an_int8_file_that_would_not_be_integer_throughout_is_refused():
+    """MobileNetV2's residual sums read a projection without an activation, to which quantization-aware
+    training gives no range: the converter would leave them float32, and export says so instead."""
+    from lowlevel import export, nets, runs
+    from lowlevel.pipeline import Normalization
+
+    net = quantize.Quantized(nets.build("mobilenet-v2", (32, 32, 3), 10, alpha=0.25), "per-channel")
+    net(tf.random.stateless_normal([4, 32, 32, 3], [0, 6]), training=True)  # ranges
+    module = export.deployed(net, Normalization([0.5] * 3, [0.25] * 3))
+    with pytest.raises(runs.RunError, match="not integer throughout: [0-9]+ tensors would stay float32"):
+        export.to_tflite(module, "tflite-int8")
