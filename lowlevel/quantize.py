@@ -143,6 +143,10 @@ class Quantized(tf.Module):
         super().__init__(name="quantized")
         if scheme not in SCHEMES:
             raise ValueError(f"the quantization scheme must be {' or '.join(SCHEMES)}, not {scheme!r}.")
+        unfolded = [name for name, _, bn in net.conv_layers() if bn is None]
+        if unfolded:
+            raise ValueError(f"quantization-aware training folds each convolution's batch norm into it, and "
+                             f"{unfolded[0]} has none")
         self.net, self.freeze_after = net, freeze_after
         self.scheme = scheme
         # what a call rounds (Python switches, read as the call is traced): lowlevel.inspect turns them

@@ -172,7 +172,10 @@ def build_model(cfg: Config, num_classes: int, input_shape=(32, 32, 3), steps_pe
     if not hasattr(net, "conv_layers"):
         raise ConfigError(f"--qat: --model {cfg.model} does not list its convolutions and batch norms "
                           f"(conv_layers), so they cannot be folded; choose another model.")
-    return quantize.Quantized(net, cfg.qat, int(cfg.qat_freeze_bn * steps_per_epoch))
+    try:
+        return quantize.Quantized(net, cfg.qat, int(cfg.qat_freeze_bn * steps_per_epoch))
+    except ValueError as e:
+        raise ConfigError(f"--qat: --model {cfg.model}: {e}; choose a network with batch norms.") from None
 
 
 @dataclasses.dataclass

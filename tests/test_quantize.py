@@ -238,3 +238,14 @@ def test_an_int8_file_that_would_not_be_integer_throughout_is_refused():
     module = export.deployed(net, Normalization([0.5] * 3, [0.25] * 3))
     with pytest.raises(runs.RunError, match="not integer throughout: [0-9]+ tensors would stay float32"):
         export.to_tflite(module, "tflite-int8")
+
+
+def test_a_network_without_batch_norms_is_refused_in_one_sentence():
+    from lowlevel import runs
+    from lowlevel.config import Config, ConfigError
+
+    cfg = Config(model="vgg-blocks", qat="per-tensor", dataset="cifar10")
+    with pytest.raises(ConfigError, match=r"--qat: --model vgg-blocks: .* layers\[0\] has none; choose a network"):
+        runs.build_model(cfg, 10)
+    assert isinstance(runs.build_model(Config(model="mobilenet", qat="per-tensor", alpha=0.25), 10),
+                      quantize.Quantized)
