@@ -9,7 +9,7 @@ from lowlevel import quantize
 from lowlevel.layers import BatchNorm
 from lowlevel.nets.mobilenet import MobileNetV1
 
-from conftest import TINY, assert_same_weights, one_error
+from conftest import assert_same_weights, one_error
 
 
 def reference_fake_quant(x, lo, hi, levels=256):
@@ -164,14 +164,12 @@ def assert_int8_file_is_the_simulated_network(cwd, cli):
 
 
 @pytest.mark.slow
-def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8(tmp_path, data, cli):
+def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8(tmp_path, data, straight, cli):
     """train --from-run F --qat: the network and data set are F's, the weights start as F's; stopped and
     resumed it ends with the very weights of the uninterrupted run; evaluate measures the rounded network,
     export writes it as an int8 file (above); flags that contradict F or QAT are one sentence."""
-    status, _, err = cli("train", tmp_path, "--data", data, *TINY, "--epochs", "1", "--run-name", "float")
-    assert status == 0, err
     common = ["--data", data, "--batch-size", "8", "--val-size", "20", "--progress", "none", "--steps-per-call",
-              "3", "--no-tensorboard", "--from-run", "checkpoints/float", *QAT]
+              "3", "--no-tensorboard", "--from-run", straight[0], *QAT]
     assert cli("train", tmp_path, *common, "--run-name", "straight")[0] == 0
     assert cli("train", tmp_path, *common, "--run-name", "parts", "--max-steps", "13")[0] == 0
     status, out, err = cli("train", tmp_path, "--run-name", "parts", "--resume")
@@ -184,7 +182,7 @@ def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8
     assert status == 0 and "test accuracy" in out, err
     assert_int8_file_is_the_simulated_network(tmp_path, cli)
     status, _, err = cli("train", tmp_path, *common, "--run-name", "other", "--alpha", "0.5")
-    one_error(status, err, "--from-run checkpoints/float", "--alpha 0.125")
+    one_error(status, err, f"--from-run {straight[0]}", "--alpha 0.125")
     status, _, err = cli("train", tmp_path, *common, "--run-name", "other", "--precision", "bfloat16")
     one_error(status, err, "--qat", "--precision bfloat16")
 
