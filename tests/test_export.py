@@ -20,25 +20,10 @@ FORMATS = [*export.ALL, "tflite-int8-per-tensor"]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny run trained on images whose colour tells their class (so it is right and confident, and
-    int8's agreement with it means something), exported in every format (once for all workers,
-    conftest.made_once): (run, export folder, loaded run)."""
-    import fakecifar
-    from conftest import made_once, run_module
-
-    def make(cwd):
-        fakecifar.write(cwd / "cifar-10-batches-py", per_batch=40, n_test=100, learnable=True)
-        run_module("train", cwd, "--data", cwd / "cifar-10-batches-py", "--run-name", "colours", "--epochs", "15",
-                   "--alpha", "0.25", "--batch-size", "20", "--val-size", "20", "--lr", "0.1", "--warmup-epochs",
-                   "0.5", "--bn-momentum", "0.9", "--progress", "none", "--steps-per-call", "3", "--no-tensorboard")
-        for fmt in ("all", "tflite-int8-per-tensor"):
-            assert export.main(["--checkpoint", str(cwd / "checkpoints" / "colours"), "--format", fmt, "--out",
-                                str(cwd / "export"), "--calibration", "60"]) == 0
-
-    cwd = made_once(tmp_path_factory, "exported", make)
-    run = cwd / "checkpoints" / "colours"
-    return run, cwd / "export", runs.load(run)
+def exported(colours):
+    """The colours run (conftest) exported in every format: (run, export folder, loaded run)."""
+    run, folder = colours
+    return run, folder, runs.load(run)
 
 
 def reference(loaded, images):
