@@ -73,7 +73,8 @@ NETWORK = ("model", "alpha", "dropout", "bn_momentum", "dataset", "split_seed") 
 
 
 def inherited(cfg: Config, explicit: set[str]) -> Config:
-    """With --from-run, the network and data set of that run (a flag that names another is an error)."""
+    """With --from-run, the network and data set of that run (a flag that names another is an error), and
+    its --data unless given."""
     if not cfg.from_run:
         return cfg
     source, _ = locate(cfg.from_run)
@@ -85,7 +86,8 @@ def inherited(cfg: Config, explicit: set[str]) -> Config:
         if getattr(cfg, k) != getattr(saved, k):
             raise ConfigError(f"--from-run {cfg.from_run}: that run has --{k.replace('_', '-')} {getattr(saved, k)}, "
                               f"not {getattr(cfg, k)}; drop the flag, the network is the run's.")
-    return dataclasses.replace(cfg, **{k: getattr(saved, k) for k in NETWORK})
+    data = cfg.data if "data" in explicit else saved.data  # the same images, wherever the command says they are
+    return dataclasses.replace(cfg, data=data, **{k: getattr(saved, k) for k in NETWORK})
 
 
 def start_from(model, path: str) -> None:
