@@ -25,17 +25,15 @@ checkpoints/RUN/inspect-<step>/:
                            images, inference mode (the batch norms use their moving statistics)
   blocks.csv   for the later networks, one row per block with a squeeze-and-excitation gate or a
                residual connection (Blocks): the gates' mean and spread, the residual branch's share
-  quantization.csv  one row per convolution and one for the logits (quantize.layer_errors): the SQNR of the
-               folded weights rounded to int8 per channel and per tensor, and of the layer's output in the
-               int8 network against the float one (per channel, per tensor, activations alone), with the
-               activation range (a --qat run's learned one; else the min and max over the N images)
+  quantization.csv  (networks with batch norms) a row per convolution and one for the logits: SQNR of
+               the folded weights rounded to int8 per channel and per tensor, and of the layer's output in the
+               int8 network against float (quantize.layer_errors: columns, activation ranges)
   PNGs         stem_filters, depthwise_filters (block B), feature_maps (test image K), histograms,
                dead_and_ranges, batch_norms
 
 and prints a short summary.  With --graph, it instead traces the compiled training step into
-inspect-<step>/graph/ for TensorBoard's graph view and prints the op counts, by type, of the
-training step and of inference.  A missing, damaged or incompatible checkpoint is one
-sentence, exit status 2.
+inspect-<step>/graph/ for TensorBoard and prints the op counts, by type, of the training step and
+of inference.  A missing, damaged or incompatible checkpoint is one sentence, exit status 2.
 """
 from __future__ import annotations
 
@@ -197,7 +195,8 @@ def inspect(checkpoint: str, best: bool = False, data_path: str = "", images: in
     except OSError as e:
         raise runs.WriteError(out, e) from None
     runs.write_text(out / "layers.csv", table.to_csv(index=False))
-    runs.write_text(out / "quantization.csv", quantized.to_csv(index=False))
+    if len(quantized):
+        runs.write_text(out / "quantization.csv", quantized.to_csv(index=False))
     inside = blocks.table()
     if len(inside):
         runs.write_text(out / "blocks.csv", inside.to_csv(index=False))
@@ -380,12 +379,13 @@ def summarize(table, n: int, out: Path, inside, quantized) -> None:
         low = inside.loc[inside.residual_share.idxmin()]
         print(f"residual branches ({inside.residual_share.notna().sum()} blocks): median share "
               f"{inside.residual_share.median():.2f} of |x| + |F(x)|, lowest {low.block} ({low.residual_share:.2f})")
-    logits, weak = quantized.iloc[-1], quantized.loc[quantized.iloc[:-1].output_sqnr_tensor_db.idxmin()]
-    print(f"int8 logits against float: {logits.output_sqnr_channel_db:.1f} dB SQNR with per-channel weights, "
-          f"{logits.output_sqnr_tensor_db:.1f} dB per tensor; lowest per tensor: {weak.layer} "
-          f"({weak.output_sqnr_tensor_db:.1f} dB; its folded weights {weak.weight_sqnr_tensor_db:.1f} dB)")
-    csvs = ("layers.csv, blocks.csv" if len(inside) else "layers.csv") + " and quantization.csv"
-    print(f"wrote {out}/{csvs} and {len(list(out.glob('*.png')))} PNGs")
+    if len(quantized):
+        logits, weak = quantized.iloc[-1], quantized.loc[quantized.iloc[:-1].output_sqnr_tensor_db.idxmin()]
+        print(f"int8 logits against float: {logits.output_sqnr_channel_db:.1f} dB SQNR with per-channel weights, "
+              f"{logits.output_sqnr_tensor_db:.1f} dB per tensor; lowest per tensor: {weak.layer} "
+              f"({weak.output_sqnr_tensor_db:.1f} dB; its folded weights {weak.weight_sqnr_tensor_db:.1f} dB)")
+    csvs = [name for name, rows in (("blocks.csv", inside), ("quantization.csv", quantized)) if len(rows)]
+    print(f"wrote {out}/{', '.join(['layers.csv', *csvs])} and {len(list(out.glob('*.png')))} PNGs")
 
 
 def main(argv: list[str] | None = None) -> int:

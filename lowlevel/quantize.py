@@ -243,7 +243,10 @@ def layer_errors(model, batches: list) -> list[dict]:
         input_lo, input_hi                   the range its input is rounded to
 
     over `batches` (normalized images [B, H, W, C]).  `model`: a --qat run's (Quantized: its learned
-    ranges), or a float network, whose activation ranges are the min and max over the batches."""
+    ranges), or a float network, whose activation ranges are the min and max over the batches; none for a
+    network with a convolution without batch norm (there is nothing to fold: Quantized refuses it)."""
+    if any(bn is None for _, _, bn in model.conv_layers()):
+        return []
     q = model if isinstance(model, Quantized) else Quantized(model, "per-channel")
     try:
         if q is not model:
@@ -258,7 +261,8 @@ def layer_errors(model, batches: list) -> list[dict]:
                 "input_lo": float(conv.quantization.input.lo.numpy()),
                 "input_hi": float(conv.quantization.input.hi.numpy())})
         rows.append({"layer": "logits", "input_lo": float(q.output.lo.numpy()), "input_hi": float(q.output.hi.numpy())})
-        tapped = {column: _tapped(q, *setting) for column, setting in {**ROUNDED, "float": (False, False, q.scheme)}.items()}
+        settings = {**ROUNDED, "float": (False, False, q.scheme)}
+        tapped = {column: _tapped(q, *setting) for column, setting in settings.items()}
         signal, noise = np.zeros(len(rows)), {column: np.zeros(len(rows)) for column in ROUNDED}
         for x in batches:
             reference = tapped["float"](x)
@@ -269,7 +273,8 @@ def layer_errors(model, batches: list) -> list[dict]:
                                                    dtype=np.float64)) for r in rows]
         for i, row in enumerate(rows):
             for column in ROUNDED:
-                row[column] = float("inf") if noise[column][i] == 0 else float(10 * np.log10(signal[i] / noise[column][i]))
+                n = noise[column][i]
+                row[column] = float("inf") if n == 0 else float(10 * np.log10(signal[i] / n))
         return rows
     finally:
         if q is not model:
