@@ -108,20 +108,32 @@ def depthwise_filters(kernel: np.ndarray, out: Path, name: str) -> Path:
 
 
 def feature_maps(maps: dict, image: np.ndarray, out: Path, title: str, channels: int = 6) -> Path:
-    """One row per layer: the image, then its `channels` most active channels of that layer's output."""
-    names = list(maps)
-    fig, axes = _subplots(len(names), channels + 1, figsize=((channels + 1) * 1.1, len(names) * 1.1))
-    for row, name in zip(np.atleast_2d(axes), names):
-        for ax in row:
-            ax.axis("off")
-        row[0].imshow(image if image.shape[-1] == 3 else image[..., 0], cmap=None if image.shape[-1] == 3 else "gray")
-        row[0].text(-2, image.shape[0] / 2, name, ha="right", va="center", fontsize=7)
+    """One row per layer: the image, then its `channels` most active channels of that layer's output
+    (viridis, one scale per layer), each map enlarged to the image's size, drawn as one mosaic image."""
+    from matplotlib import colormaps
+
+    names, size, gap = list(maps), image.shape[0], 2
+    cell = size + gap
+    mosaic = np.ones((len(names) * cell, (channels + 1) * cell, 3), np.float32)  # white between cells
+    rgb = (image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, -1)).astype(np.float32) / 255
+    viridis = colormaps["viridis"]
+    for r, name in enumerate(names):
         m = maps[name]  # [H, W, C]
-        for ax, c in zip(row[1:], np.argsort(-m.mean((0, 1)))[:channels]):
-            ax.imshow(m[..., c], cmap="viridis", vmin=min(0, m.min()), vmax=max(m.max(), 1e-6),
-                      interpolation="nearest")
+        lo, hi = min(0, m.min()), max(m.max(), 1e-6)
+        rows, cols = np.arange(size) * m.shape[0] // size, np.arange(size) * m.shape[1] // size  # nearest
+        cells = [rgb] + [viridis((m[rows][:, cols, c] - lo) / (hi - lo))[..., :3]
+                         for c in np.argsort(-m.mean((0, 1)))[:channels]]
+        for k, picture in enumerate(cells):
+            mosaic[r * cell:r * cell + size, k * cell:k * cell + size] = picture
+    width = (channels + 1) * 1.1  # inches; 76% of it for the mosaic, so a cell is 0.836 in square
+    height = len(names) * 0.76 * 1.1 + 0.7
+    fig, ax = _subplots(figsize=(width, height))
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto")
+    ax.axis("off")
+    for r, name in enumerate(names):
+        ax.text(-2, r * cell + size / 2, name, ha="right", va="center", fontsize=7)
     fig.suptitle(f"{title}: the {channels} most active channels of every layer (one scale per layer)")
-    fig.subplots_adjust(left=0.22, right=0.98, top=1 - 0.6 / (len(names) * 1.1), bottom=0.01)
+    fig.subplots_adjust(left=0.22, right=0.98, top=1 - 0.6 / height, bottom=0.1 / height)
     _save(fig, Path(out))
     return Path(out)
 

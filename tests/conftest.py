@@ -46,6 +46,30 @@ def run_module(module, cwd, *args, check=True, timeout=600):
     return result
 
 
+def run_here(module, cwd, *args, check=True):
+    """lowlevel.<module>.main(ARGS) in cwd, in this process (no TensorFlow start-up), its output captured:
+    what run_module returns (returncode, stdout, stderr), for tests that need no process of their own."""
+    import contextlib
+    import importlib
+    import io
+    import types
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = importlib.import_module(f"lowlevel.{module}").main([str(a) for a in args])
+            except SystemExit as e:  # argparse's errors and --help
+                status = e.code
+    finally:
+        os.chdir(here)
+    result = types.SimpleNamespace(returncode=status, stdout=out.getvalue(), stderr=err.getvalue())
+    if check:
+        assert status == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
 def run_printed(line, cwd, marker):
     """Run the command a lowlevel command printed after `marker`, exactly as printed (`python` being this one)."""
     assert marker in line, line

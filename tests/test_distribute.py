@@ -162,19 +162,18 @@ def mirrored(tmp_path_factory, data):
     return made_once(tmp_path_factory, "mirrored", make) / "checkpoints"
 
 
-def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(tmp_path, mirrored):
+def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(tmp_path, mirrored, cli):
     """python -m lowlevel.train --strategy mirrored on 2 logical CPUs: stopped and resumed it ends with
     the very weights of the uninterrupted 2-replica run; its checkpoint evaluates on one device and
     resumes there; a one-device checkpoint resumes on two."""
     import shutil
 
-    from conftest import run_module
-
     assert_same_weights(mirrored / "seven" / "ckpt-7", mirrored / "parts" / "ckpt-7")
     assert (mirrored / "mixed" / "ckpt-7.index").is_file()  # 1 replica, then 2
     shutil.copytree(mirrored, tmp_path / "checkpoints")
-    assert "test accuracy" in run_module("evaluate", tmp_path, "--checkpoint", "checkpoints/seven").stdout
-    run_module("train", tmp_path, "--run-name", "mixed", "--resume", "--max-steps", "8")  # and then 1 again
+    status, out, err = cli("evaluate", tmp_path, "--checkpoint", "checkpoints/seven")  # this process: one device
+    assert status == 0 and "test accuracy" in out, err
+    assert cli("train", tmp_path, "--run-name", "mixed", "--resume", "--max-steps", "8")[0] == 0  # then 1 again
     assert (tmp_path / "checkpoints" / "mixed" / "ckpt-8.index").is_file()
 
 

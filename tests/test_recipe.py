@@ -11,7 +11,7 @@ from lowlevel import ema, optim, pipeline, step
 from lowlevel.config import Config
 from lowlevel.nets.mobilenet import MobileNetV1
 
-from conftest import STRAIGHT, one_error, run_module, same_run, weights
+from conftest import STRAIGHT, one_error, same_run, weights
 
 
 class Pair(tf.Module):
@@ -137,10 +137,11 @@ def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, d
     """--ema: the shadow is checkpointed and continues exactly after a stop; validation, the best checkpoint,
     the test and evaluate use it, `evaluate --weights trained` the trained weights; --tta flip likewise."""
     flags = ["--data", data, *STRAIGHT, "--ema", "0.9", "--tta", "flip"]
-    out = run_module("train", tmp_path, *flags, "--run-name", "s").stdout
-    stopped = run_module("train", tmp_path, *flags, "--run-name", "r", "--max-steps", "13")
-    assert "stopped (--max-steps 13)" in stopped.stdout
-    run_module("train", tmp_path, "--run-name", "r", "--resume")
+    status, out, err = cli("train", tmp_path, *flags, "--run-name", "s")
+    assert status == 0, err
+    status, stopped, err = cli("train", tmp_path, *flags, "--run-name", "r", "--max-steps", "13")
+    assert status == 0 and "stopped (--max-steps 13)" in stopped, err
+    assert cli("train", tmp_path, "--run-name", "r", "--resume")[0] == 0
     runs = tmp_path / "checkpoints"
     same_run(runs / "r", runs / "s")
     assert any(k.startswith("averaged/") for k in weights(runs / "r" / "ckpt-30"))  # compared by same_run

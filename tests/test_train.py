@@ -13,11 +13,11 @@ import tensorflow as tf
 
 from lowlevel import datasets
 
-from conftest import ENV, STRAIGHT, TINY, one_error, run_module, run_printed, same_run
+from conftest import ENV, STRAIGHT, TINY, one_error, run_here, run_module, run_printed, same_run
 
 
 def train(cwd, *args, check=True):
-    return run_module("train", cwd, *args, check=check)
+    return run_here("train", cwd, *args, check=check)
 
 
 @pytest.mark.slow
