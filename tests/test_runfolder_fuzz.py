@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY, run_module
+from conftest import TINY, run_here, run_module
 from lowlevel import history, runs
 
 pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
@@ -49,22 +49,9 @@ def expected(tmp_path_factory, straight, cli_module):
 @pytest.fixture(scope="module")
 def cli_module():
     """lowlevel.<module>.main in this process, with stdout and stderr captured (module-scoped cli)."""
-    import contextlib
-    import importlib
-    import io
-
     def call(module, cwd, *args):
-        out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
-        os.chdir(cwd)
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    status = importlib.import_module(f"lowlevel.{module}").main([str(a) for a in args])
-                except SystemExit as e:
-                    status = e.code
-        finally:
-            os.chdir(here)
-        return status, out.getvalue(), err.getvalue()
+        done = run_here(module, cwd, *args, check=False)
+        return done.returncode, done.stdout, done.stderr
     return call
 
 
