@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY, run_here, run_module
+from conftest import TINY, run_here
 from lowlevel import history, runs
 
 pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
@@ -34,7 +34,7 @@ COMMANDS = {
 def other(tmp_path_factory, data):
     """Another finished run of the same shape (seed 1): its files stand in for the first run's."""
     cwd = tmp_path_factory.mktemp("other")
-    run_module("train", cwd, "--data", data, "--run-name", "o", "--epochs", "3", "--seed", "1", *TINY)
+    run_here("train", cwd, "--data", data, "--run-name", "o", "--epochs", "3", "--seed", "1", *TINY)
     return cwd / "checkpoints" / "o"
 
 
