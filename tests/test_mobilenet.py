@@ -87,6 +87,43 @@ def test_parameter_counts(kwargs, trainable):
     assert _count(MobileNetV1(**kwargs).trainable_variables) == trainable
 
 
+def test_the_friendly_network_has_no_depthwise_batch_norms():
+    """Sheng et al.'s blocks: MobileNet v1 less the 4 vectors (gamma, beta, moving mean and variance) of
+    each depthwise batch norm, one per input channel of each block."""
+    ours, v1 = MobileNetV1(alpha=0.5, friendly=True), MobileNetV1(alpha=0.5)
+    channels = sum(b.depthwise.kernel.shape[2] for b in v1.blocks)  # 2,480 at width 0.5
+    assert _count(v1.trainable_variables) - _count(ours.trainable_variables) == 2 * channels
+    assert _count(v1.variables) - _count(ours.variables) == 4 * channels
+    assert [bn is None for _, _, bn in ours.conv_layers()] == [False] + [True, False] * 13
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_friendly_block_is_keras_separable_conv_then_batch_norm_and_relu(training):
+    """FriendlyBlock = keras SeparableConv2D (depth multiplier 1, no bias: depthwise then pointwise, nothing
+    between) + BatchNormalization + ReLU, with the weights copied."""
+    from lowlevel.nets.mobilenet import FriendlyBlock
+    from conftest import randomize_batch_norms
+
+    rng = np.random.default_rng(0)
+    ref = keras.Sequential([keras.Input((8, 8, 6)), keras.layers.SeparableConv2D(10, 3, 2, "same", use_bias=False),
+                            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3), keras.layers.ReLU()])
+    randomize_batch_norms(ref, rng)
+    ours = FriendlyBlock(6, 10, 2, bn_momentum=0.9, fused_bn=True)
+    depthwise, pointwise = ref.layers[0].get_weights()
+    ours.depthwise.kernel.assign(depthwise.reshape(ours.depthwise.kernel.shape))
+    ours.pointwise.kernel.assign(pointwise)
+    bn = ours.bn_pointwise
+    for var, value in zip((bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance), ref.layers[1].get_weights()):
+        var.assign(value)
+    x = rng.normal(size=(4, 8, 8, 6)).astype(np.float32)
+    np.testing.assert_allclose(ours(tf.constant(x), training).numpy(), ref(x, training=training).numpy(),
+                               atol=1e-4)
+    if training:  # and the moving statistics moved alike
+        np.testing.assert_allclose(bn.moving_variance.numpy(), ref.layers[1].moving_variance.numpy(), rtol=1e-4)
+    else:
+        np.testing.assert_allclose(ours.inference(tf.constant(x)).numpy(), ref(x).numpy(), atol=1e-4)
+
+
 def test_cifar_keras_same_architecture_counts():
     """Keras' MobileNet at 32x32 (stem stride 2 is fixed there) has the same weights as ours: strides add none."""
     ref = keras.applications.MobileNet(weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None)
@@ -208,7 +245,7 @@ def test_unknown_precision_is_one_sentence():
         MobileNetV1(precision="half")
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"standard": True}, {"precision": "bfloat16"}])
+@pytest.mark.parametrize("kwargs", [{}, {"standard": True}, {"precision": "bfloat16"}, {"friendly": True}])
 def test_folded_inference_gives_the_inference_logits(kwargs):
     """inference(x) folds every batch norm into its convolution: the same function as model(x, training=False)."""
     model = _small(**kwargs)

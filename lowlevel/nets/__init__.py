@@ -41,6 +41,9 @@ NETS = {
                        "MobileNet v1, depthwise-separable (Howard et al. 2017), CIFAR stem"),
     "mobilenet-standard": Entry("mobilenet", "standard", (32, 32, 3), 10, "cifar10",
                                 "MobileNet v1 with full 3x3 convolutions (the paper's Table 4)"),
+    "mobilenet-friendly": Entry("mobilenet", "friendly", (32, 32, 3), 10, "cifar10",
+                                "MobileNet v1 with quantization-friendly separable blocks: no batch norm or "
+                                "activation after the depthwise convolutions, ReLU (Sheng et al. 2018)"),
     "mobilenet-v2": Entry("mobilenet_v2", "build", (32, 32, 3), 10, "cifar10",
                           "MobileNetV2, inverted residuals and linear bottlenecks (Sandler et al. 2018), CIFAR strides"),
     "mobilenet-v3-small": Entry("mobilenet_v3", "small", (32, 32, 3), 10, "cifar10",

@@ -9,7 +9,10 @@ dense layer give the logits.
 A separable block costs  H'W' (9 C_in + C_in C_out)  multiply-adds where a full
 3x3 convolution costs  H'W' 9 C_in C_out:  8 to 9 times fewer for wide layers.
 `standard=True` builds the same network with full 3x3 convolutions, the
-comparison of the paper's Table 4.
+comparison of the paper's Table 4.  `friendly=True` builds the quantization-friendly
+separable block of Sheng et al. 2018 (arXiv:1803.08607): no batch norm and no activation
+between the depthwise and the pointwise convolution, and ReLU instead of relu6, so that no
+depthwise channel is scaled by 1 / sigma of a batch norm when the network is folded for int8.
 
 Width multiplier alpha (paper section 3.3) thins every layer: a layer of C
 channels gets max(8, int(alpha * C)).  int() rounds down, as Keras'
@@ -96,6 +99,35 @@ class SeparableBlock(tf.Module):
         return folded(self.pointwise, self.bn_pointwise, x)  # [B, H', W', C_out]
 
 
+class FriendlyBlock(tf.Module):
+    """Sheng et al.'s quantization-friendly separable block, the same shapes as a SeparableBlock:
+
+        y = relu(BN(pointwise(depthwise(x))))
+
+    The depthwise convolution is linear and has no batch norm of its own (a bias there would be
+    removed by the pointwise batch norm's mean), so int8 rounds its kernel as trained."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bn_momentum: float, fused_bn: bool,
+                 compute_dtype=None, kernel: int = 3, name: str | None = None):
+        super().__init__(name=name)
+        with self.name_scope:
+            self.depthwise = DepthwiseConv2D(in_channels, kernel, stride, name="depthwise")
+            self.pointwise = Conv2D(in_channels, out_channels, 1, compute_dtype=compute_dtype, name="pointwise")
+            self.bn_pointwise = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_pointwise")
+
+    def __call__(self, x, training: bool, taps=None, name: str = ""):
+        x = self.depthwise(x)  # [B, H', W', C_in], linear
+        tap(taps, f"{name}.depthwise", x, x)
+        z = self.pointwise(x)  # [B, H', W', C_out]
+        x = tf.nn.relu(self.bn_pointwise(z, training))  # [B, H', W', C_out]
+        tap(taps, f"{name}.pointwise", z, x)
+        return x
+
+    def inference(self, x):
+        """__call__(x, training=False) with the batch norm folded into the pointwise convolution."""
+        return folded(self.pointwise, self.bn_pointwise, self.depthwise(x), activation=tf.nn.relu)
+
+
 class StandardBlock(tf.Module):
     """The same shapes as a SeparableBlock with one full 3x3 convolution: [B, H, W, C_in] -> [B, H/s, W/s, C_out]."""
 
@@ -126,6 +158,7 @@ class MobileNetV1(tf.Module):
     stem_stride: 1 for CIFAR's 32x32, 2 for ImageNet's 224x224.  channels: of the input images.
     dropout: rate before the classifier, in training only.
     standard: full 3x3 convolutions instead of depthwise-separable blocks.
+    friendly: Sheng et al.'s quantization-friendly separable blocks (FriendlyBlock) and ReLU in the stem.
     bn_momentum, fused_bn: passed to every BatchNorm.
     precision: "float32", or "bfloat16" / "float16" for mixed precision: the 1x1
     (and standard 3x3) convolutions multiply in that dtype, everything else and
@@ -137,7 +170,8 @@ class MobileNetV1(tf.Module):
 
     def __init__(self, num_classes: int = 10, alpha: float = 1.0, input_size: int = 32, stem_stride: int = 1,
                  dropout: float = 0.0, standard: bool = False, bn_momentum: float = 0.99, fused_bn: bool = True,
-                 precision: str = "float32", channels: int = 3, name: str | None = "mobilenet_v1"):
+                 precision: str = "float32", channels: int = 3, friendly: bool = False,
+                 name: str | None = "mobilenet_v1"):
         super().__init__(name=name)
         _check(num_classes, alpha, input_size, stem_stride, dropout)
         if precision not in PRECISIONS:
@@ -145,8 +179,9 @@ class MobileNetV1(tf.Module):
         self.num_classes, self.alpha, self.input_size, self.stem_stride = num_classes, alpha, input_size, stem_stride
         self.input_shape = (input_size, input_size, channels)
         self.dropout_rate, self.standard, self.precision = dropout, standard, precision
+        self.activation = tf.nn.relu if friendly else relu6  # the stem's
         compute = tf.as_dtype(precision)
-        Block = StandardBlock if standard else SeparableBlock
+        Block = StandardBlock if standard else FriendlyBlock if friendly else SeparableBlock
         with self.name_scope:
             c = scaled(STEM.channels, alpha)
             self.stem = Conv2D(channels, c, STEM.kernel, stem_stride, name="stem")
@@ -170,7 +205,7 @@ class MobileNetV1(tf.Module):
         """
         record = {} if taps else None
         z = self.stem(images)  # [B, S/stem_stride, ., 32a]
-        x = relu6(self.bn_stem(z, training))
+        x = self.activation(self.bn_stem(z, training))
         tap(record, "stem", z, x)
         for i, block in enumerate(self.blocks):
             x = block(x, training, record, f"blocks[{i}]")  # [B, H', W', C']; 2x2 (CIFAR) at the end
@@ -183,8 +218,8 @@ class MobileNetV1(tf.Module):
         block's depthwise and pointwise (or, standard, its 3x3) convolution."""
         found = [("stem", self.stem, self.bn_stem)]
         for i, block in enumerate(self.blocks):
-            if isinstance(block, SeparableBlock):
-                found += [(f"blocks[{i}].depthwise", block.depthwise, block.bn_depthwise),
+            if isinstance(block, (SeparableBlock, FriendlyBlock)):
+                found += [(f"blocks[{i}].depthwise", block.depthwise, getattr(block, "bn_depthwise", None)),
                           (f"blocks[{i}].pointwise", block.pointwise, block.bn_pointwise)]
             else:
                 found.append((f"blocks[{i}].conv", block.conv, block.bn))
@@ -198,7 +233,9 @@ class MobileNetV1(tf.Module):
             size = -(-size // conv.stride)  # SAME padding: ceil(size / stride)
             prefix, _, last = name.rpartition(".")
             bn_name = "bn_stem" if name == "stem" else f"{prefix}.{'bn' if last == 'conv' else 'bn_' + last}"
-            found += [(name, conv, (size, size, conv.out_channels)), (bn_name, bn, (size, size, conv.out_channels))]
+            found.append((name, conv, (size, size, conv.out_channels)))
+            if bn is not None:
+                found.append((bn_name, bn, (size, size, conv.out_channels)))
         found.append(("pool", "Global avg pool", (self.classifier.in_features,)))
         return found + [("classifier", self.classifier, (self.num_classes,))]
 
@@ -213,7 +250,7 @@ class MobileNetV1(tf.Module):
         the layers (in bfloat16, 1.4x the images/s of casting around each 1x1 convolution here).
         The logits are float32.
         """
-        x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision))  # [B, S/stem_stride, ., 32a]
+        x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision), activation=self.activation)
         for block in self.blocks:
             x = block.inference(x)
         return self.classifier(global_average_pool(tf.cast(x, tf.float32)))  # [B, num_classes]
@@ -281,3 +318,8 @@ def separable(input_shape=(32, 32, 3), num_classes: int = 10, dropout: float | N
 def standard(input_shape=(32, 32, 3), num_classes: int = 10, **options) -> MobileNetV1:
     """MobileNetV1 with full 3x3 convolutions in place of the separable blocks."""
     return separable(input_shape, num_classes, standard=True, **options)
+
+
+def friendly(input_shape=(32, 32, 3), num_classes: int = 10, **options) -> MobileNetV1:
+    """MobileNetV1 with Sheng et al.'s quantization-friendly separable blocks (FriendlyBlock)."""
+    return separable(input_shape, num_classes, friendly=True, **options)
