@@ -11,7 +11,8 @@ values, as integer kernels need).  Its gradient is the straight-through estimato
 0 outside, the rounding being treated as the identity.
 
 What `Quantized(net, ...)` changes in `net`, for every convolution of `net.conv_layers()` with its batch
-norm, and the classifier:
+norm, and the classifier (a convolution with neither batch norm nor bias, as the depthwise ones of
+`mobilenet-friendly`, has its kernel rounded as it is):
 
   * weights: the batch norm folded in,  W' = W s,  s = gamma / sqrt(moving_var + eps)  [C_out], then
     fake-quantized symmetrically, [-max|W'|, max|W'|] per output channel (or per tensor; the classifier's
@@ -96,12 +97,12 @@ class LayerQuantization(tf.Module):
     batch norm folded in, if it has one).  Set as the layer's `quantization`; the layer calls it."""
 
     def __init__(self, state: "Quantized", batch_norm: BatchNorm | None = None, depthwise: bool = False,
-                 name: str | None = None):
+                 per_channel: bool = True, name: str | None = None):
         super().__init__(name=name)
         # functions, not the objects: a checkpoint reaches the network and its batch norms by one path
         self._state = lambda: state
         self._fold = batch_norm.fold if batch_norm is not None else None
-        self.depthwise = depthwise
+        self.depthwise, self.per_channel = depthwise, per_channel
         with self.name_scope:
             self.input = Range(name="input")
 
@@ -114,7 +115,7 @@ class LayerQuantization(tf.Module):
         if state.weights:
             # the classifier's per tensor in both schemes: the converter cannot carry a per-channel scale
             # of the [C_in, C_out] matrix into LiteRT's transposed [C_out, C_in] one
-            kernel = fake_quant_weights(kernel, state.per_channel and self._fold is not None, self.depthwise)
+            kernel = fake_quant_weights(kernel, state.per_channel and self.per_channel, self.depthwise)
         return x, kernel
 
 
@@ -134,6 +135,12 @@ def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Te
     return tf.where(frozen, inference, batch)
 
 
+def unfoldable(net) -> list[str]:
+    """The convolutions of `net` that quantization-aware training cannot round as the int8 network runs
+    them: those that add a bias and have no batch norm to fold it into."""
+    return [name for name, conv, bn in net.conv_layers() if bn is None and getattr(conv, "bias", None) is not None]
+
+
 class Quantized(tf.Module):
     """`net` trained and run as its int8 network (module docstring).  scheme: "per-channel" or
     "per-tensor" weight scales; freeze_after: the training steps with batch statistics, after which the
@@ -143,10 +150,10 @@ class Quantized(tf.Module):
         super().__init__(name="quantized")
         if scheme not in SCHEMES:
             raise ValueError(f"the quantization scheme must be {' or '.join(SCHEMES)}, not {scheme!r}.")
-        unfolded = [name for name, _, bn in net.conv_layers() if bn is None]
+        unfolded = unfoldable(net)
         if unfolded:
             raise ValueError(f"quantization-aware training folds each convolution's batch norm into it, and "
-                             f"{unfolded[0]} has none")
+                             f"{unfolded[0]}, which adds a bias, has none")
         self.net, self.freeze_after = net, freeze_after
         self.scheme = scheme
         # what a call rounds (Python switches, read as the call is traced): lowlevel.inspect turns them
@@ -157,9 +164,10 @@ class Quantized(tf.Module):
             self.output = Range(name="output")
             for _, conv, bn in net.conv_layers():
                 conv.quantization = LayerQuantization(self, bn, isinstance(conv, DepthwiseConv2D))
-                bn.quantization = self.batch_norm  # (a function: see LayerQuantization)
+                if bn is not None:
+                    bn.quantization = self.batch_norm  # (a function: see LayerQuantization)
             for dense in [m for m in net.submodules if isinstance(m, Dense)]:
-                dense.quantization = LayerQuantization(self)
+                dense.quantization = LayerQuantization(self, per_channel=False)
 
     @property
     def per_channel(self) -> bool:
@@ -244,8 +252,8 @@ def layer_errors(model, batches: list) -> list[dict]:
 
     over `batches` (normalized images [B, H, W, C]).  `model`: a --qat run's (Quantized: its learned
     ranges), or a float network, whose activation ranges are the min and max over the batches; none for a
-    network with a convolution without batch norm (there is nothing to fold: Quantized refuses it)."""
-    if any(bn is None for _, _, bn in model.conv_layers()):
+    network Quantized refuses (`unfoldable`)."""
+    if unfoldable(model):
         return []
     q = model if isinstance(model, Quantized) else Quantized(model, "per-channel")
     try:
@@ -254,8 +262,8 @@ def layer_errors(model, batches: list) -> list[dict]:
                 q.calibrate(x)
         rows = []
         for name, conv, bn in q.conv_layers():
-            folded, _ = bn.fold(conv.kernel, depthwise=isinstance(conv, DepthwiseConv2D))
             depthwise = isinstance(conv, DepthwiseConv2D)
+            folded = conv.kernel if bn is None else bn.fold(conv.kernel, depthwise=depthwise)[0]
             rows.append({"layer": name, **{f"weight_sqnr_{s}_db": sqnr_db(folded, fake_quant_weights(
                 folded, s == "channel", depthwise)) for s in ("channel", "tensor")},
                 "input_lo": float(conv.quantization.input.lo.numpy()),

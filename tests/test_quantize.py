@@ -247,12 +247,42 @@ def test_an_int8_file_that_would_not_be_integer_throughout_is_refused():
         export.to_tflite(module, "tflite-int8")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_the_friendly_network_rounds_its_depthwise_kernels_as_they_are_and_exports_integer_throughout(scheme):
+    """mobilenet-friendly's depthwise convolutions have neither batch norm nor bias: QAT rounds their kernels
+    unfolded (per channel or per tensor, as the scheme says), the pointwise ones folded, and the int8 file
+    from the learned ranges is integer throughout (export.to_tflite checks it)."""
+    from lowlevel import export, nets
+    from lowlevel.pipeline import Normalization
+
+    from test_export import ops
+
+    net = quantize.Quantized(nets.build("mobilenet-friendly", (32, 32, 3), 10, alpha=0.25), scheme)
+    block = net.blocks[3]
+    kernel = block.depthwise.kernel
+    kernel.assign(kernel * tf.range(1.0, kernel.shape[2] + 1)[:, None])  # channels of different widths
+    x = tf.random.stateless_normal([2, 8, 8, kernel.shape[2]], [0, 7])
+    _, rounded = block.depthwise.quantization(x, kernel, folded=False)
+    want = quantize.fake_quant_weights(kernel, scheme == "per-channel", depthwise=True)
+    np.testing.assert_array_equal(rounded.numpy(), want.numpy())
+    assert np.abs(rounded.numpy() - kernel.numpy()).max() > 0  # rounded, not passed through
+    for i in range(3):
+        net(tf.random.stateless_normal([8, 32, 32, 3], [0, i]), training=True)  # ranges
+    module = export.deployed(net, Normalization([0.5] * 3, [0.25] * 3))
+    table = ops(export.to_tflite(module, "tflite-int8"))
+    kinds = {op for op, _, _ in table}
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D"} <= kinds
+    assert {w["dtype"] for op, ins, _ in table if op in ("CONV_2D", "DEPTHWISE_CONV_2D") for w in ins[1:2]} == {np.int8}
+
+
 def test_a_network_without_batch_norms_is_refused_in_one_sentence():
     from lowlevel import runs
     from lowlevel.config import Config, ConfigError
 
     cfg = Config(model="vgg-blocks", qat="per-tensor", dataset="cifar10")
-    with pytest.raises(ConfigError, match=r"--qat: --model vgg-blocks: .* layers\[0\] has none; choose a network"):
+    with pytest.raises(ConfigError, match=r"--qat: --model vgg-blocks: .* layers\[0\], which adds a bias, has none; "
+                                          r"choose a network"):
         runs.build_model(cfg, 10)
     assert isinstance(runs.build_model(Config(model="mobilenet", qat="per-tensor", alpha=0.25), 10),
                       quantize.Quantized)
