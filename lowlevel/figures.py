@@ -112,16 +112,18 @@ def feature_maps(maps: dict, image: np.ndarray, out: Path, title: str, channels:
     (viridis, one scale per layer), each map enlarged to the image's size, drawn as one mosaic image."""
     from matplotlib import colormaps
 
-    names, size, gap = list(maps), image.shape[0], 2
+    def enlarged(m):  # [H, W, ...] -> [size, size, ...], nearest neighbour
+        return m[np.arange(size) * m.shape[0] // size][:, np.arange(size) * m.shape[1] // size]
+
+    names, size, gap = list(maps), min(image.shape[0], 96), 2  # a cell is drawn about 84 pixels wide
     cell = size + gap
     mosaic = np.ones((len(names) * cell, (channels + 1) * cell, 3), np.float32)  # white between cells
-    rgb = (image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, -1)).astype(np.float32) / 255
+    rgb = enlarged(image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, -1)).astype(np.float32) / 255
     viridis = colormaps["viridis"]
     for r, name in enumerate(names):
         m = maps[name]  # [H, W, C]
         lo, hi = min(0, m.min()), max(m.max(), 1e-6)
-        rows, cols = np.arange(size) * m.shape[0] // size, np.arange(size) * m.shape[1] // size  # nearest
-        cells = [rgb] + [viridis((m[rows][:, cols, c] - lo) / (hi - lo))[..., :3]
+        cells = [rgb] + [viridis((enlarged(m[..., c]) - lo) / (hi - lo))[..., :3]
                          for c in np.argsort(-m.mean((0, 1)))[:channels]]
         for k, picture in enumerate(cells):
             mosaic[r * cell:r * cell + size, k * cell:k * cell + size] = picture
