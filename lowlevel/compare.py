@@ -109,15 +109,14 @@ def measure(name: str, model: str, alpha: float, run: Path, data_path: str, quan
 
     from lowlevel._tf import tf
 
-    from lowlevel import costs, pipeline
+    from lowlevel import costs
     from lowlevel import history as history_file
     from lowlevel.step import evaluator
 
     loaded = runs.load(run, data_path=data_path)
     history = pd.DataFrame(history_file.read(run / "history.csv"))
     totals = costs.totals(costs.rows(loaded.model))
-    test = pipeline.Batches(loaded.data.test_images, loaded.data.test_labels, loaded.normalization, 500)
-    _, accuracy, _ = evaluator(loaded.model, test)()
+    _, accuracy, _ = evaluator(loaded.model, loaded.normalization)(loaded.data.test_images, loaded.data.test_labels)
     x = loaded.normalization(loaded.data.test_images[:500])
     infer = tf.function(loaded.model.inference, autograph=False)
     infer(x)  # trace and warm up

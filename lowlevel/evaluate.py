@@ -60,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(checkpoint: str, best: bool = False, data_path: str = "", weights: str = "",
              tta: str | None = None) -> int:
-    from lowlevel import pipeline
     from lowlevel.step import evaluator
 
     loaded = runs.load(checkpoint, best, data_path, weights=weights)
@@ -70,8 +69,7 @@ def evaluate(checkpoint: str, best: bool = False, data_path: str = "", weights: 
     if loaded.note:
         print(loaded.note)
     data, prefix = loaded.data, loaded.prefix
-    test = pipeline.Batches(data.test_images, data.test_labels, loaded.normalization, 500)
-    loss, accuracy, preds = evaluator(loaded.model, test, tta)()
+    loss, accuracy, preds = evaluator(loaded.model, loaded.normalization, tta)(data.test_images, data.test_labels)
     measured = (["averaged weights"] if loaded.weights == "averaged" else []) + ([f"{tta} TTA"] if tta != "none" else [])
     report(data, preds, prefix, f"{', '.join(measured)}{': ' if measured else ''}test loss {loss:.4f}, ")
     return 0
@@ -111,7 +109,7 @@ def predicted(model, images: np.ndarray, batch: int = 500) -> np.ndarray:
 
 def predicted_by(path: str, data, data_path: str, batch: int = 500) -> np.ndarray:
     """The test classes the model at `path` predicts: an exported file, or a checkpoint (without TTA)."""
-    from lowlevel import exported, pipeline
+    from lowlevel import exported
     from lowlevel.step import evaluator
 
     p = Path(path)
@@ -121,8 +119,8 @@ def predicted_by(path: str, data, data_path: str, batch: int = 500) -> np.ndarra
     if len(loaded.data.test_images) != len(data.test_images):
         raise runs.ConfigError(f"--agree-with {path}: its run measures {len(loaded.data.test_images)} test images, "
                                f"not {len(data.test_images)}; give a model of the same data set.")
-    test = pipeline.Batches(loaded.data.test_images, loaded.data.test_labels, loaded.normalization, batch)
-    return evaluator(loaded.model, test, "none")()[2]
+    test = loaded.data.test_images, loaded.data.test_labels
+    return evaluator(loaded.model, loaded.normalization, "none", batch)(*test)[2]
 
 
 def report(data, preds: np.ndarray, prefix: Path, loss: str = "") -> float:

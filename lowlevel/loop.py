@@ -101,8 +101,8 @@ class Loop:
         self.history_path = self.out / "history.csv"
         self.history = history.resume(run, self.trainer.step // self.spe)
         history.write(self.history_path, self.history)
-        val = pipeline.Batches(val_x, val_y, norm, 500)
-        self.evaluate_val = step.evaluator(self.trainer.evaluated, val, cfg.tta) if len(val_x) else None
+        self.evaluate = step.evaluator(self.trainer.evaluated, norm, cfg.tta)  # validation and the test
+        self.val = (tf.constant(val_x), val_y) if len(val_x) else None  # on the device, like the training images
         self.bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
         self.clock = progress.Clock()
         self.events = Events(run, cfg.tensorboard and self.chief)
@@ -194,11 +194,11 @@ class Loop:
         row = {"epoch": t.step // self.spe, "step": t.step, "train_loss": train_loss,
                "train_accuracy": train_accuracy, "lr": lr, "images_per_s": images / seconds,
                "kernels": kernels.short(self.kernels)}
-        val_loss, val_acc, _ = self.evaluate_val() if self.evaluate_val else (float("nan"), float("nan"), None)
+        val_loss, val_acc, _ = self.evaluate(*self.val) if self.val else (float("nan"), float("nan"), None)
         t.elapsed.assign_add(seconds + time.perf_counter() - start)
         row.update(val_loss=val_loss, val_accuracy=val_acc, elapsed_s=float(t.elapsed.numpy()))
         t.reset_epoch()
-        improved = self.evaluate_val is not None and val_acc > float(t.best_val_accuracy.numpy())
+        improved = self.val is not None and val_acc > float(t.best_val_accuracy.numpy())
         if improved:
             t.best_val_accuracy.assign(val_acc)
         self.history.append(row)
@@ -210,7 +210,7 @@ class Loop:
             norms = t.grad_norms(self.train.order(first // self.spe), tf.constant(first, tf.int64))
             names = [name for name, _, _ in t.model.conv_layers()]
             self.events.epoch(t.step, row, t.model, {n: float(v) for n, v in zip(names, norms)})
-        val = f"val loss {val_loss:.4f} acc {100 * val_acc:5.2f}%" if self.evaluate_val else "no validation set"
+        val = f"val loss {val_loss:.4f} acc {100 * val_acc:5.2f}%" if self.val else "no validation set"
         print(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc "
               f"{100 * row['train_accuracy']:5.2f}%  {val}  lr {lr:.4f}  {row['images_per_s']:.0f} img/s  "
               f"{row['elapsed_s'] / 60:.1f} min, {self.clock.left(t.step, self.limit)} left", flush=True)
@@ -222,9 +222,8 @@ class Loop:
             figures.learning_curves(self.run)
 
     def test(self) -> None:
-        test = pipeline.Batches(self.data.test_images, self.data.test_labels, self.train.norm, 500)
-        loss, acc, _ = step.evaluator(self.trainer.evaluated, test, self.cfg.tta)()
-        print(f"test loss {loss:.4f}, test accuracy {100 * acc:.2f}% ({test.n} images, checkpoint "
+        loss, acc, _ = self.evaluate(self.data.test_images, self.data.test_labels)
+        print(f"test loss {loss:.4f}, test accuracy {100 * acc:.2f}% ({len(self.data.test_labels)} images, checkpoint "
               f"{self.manager.latest_checkpoint}{describe(self.cfg)})", flush=True)
 
 

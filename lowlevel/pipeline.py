@@ -199,6 +199,11 @@ class Batches:
 
     def eval_batch(self, k) -> tuple[tf.Tensor, tf.Tensor]:
         """Batch k of `num_eval_batches`, in order, no augmentation; the last one may be smaller."""
-        start = tf.cast(k, tf.int32) * self.batch_size
-        x = self.images[start:start + self.batch_size]  # uint8 [<=B, H, W, C]
-        return self.norm(x), self.labels[start:start + self.batch_size]
+        return eval_batch(self.images, self.labels, self.norm, k, self.batch_size)
+
+
+def eval_batch(images, labels, norm: Normalization, k, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Batch k of ceil(N / batch_size) of uint8 images [N, H, W, C] and labels [N], in order, normalized,
+    not augmented: (float32 [<=B, H, W, C], [<=B]); the last one may be smaller."""
+    start = tf.cast(k, tf.int32) * batch_size
+    return norm(images[start:start + batch_size]), labels[start:start + batch_size]

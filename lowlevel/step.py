@@ -180,26 +180,33 @@ def log_probabilities(model, x, tta: str = "none") -> tf.Tensor:
     return log_p
 
 
-def evaluator(model, batches: pipeline.Batches, tta: str = "none"):
-    """A compiled function returning (mean loss, accuracy, predictions int32 [N]) over every image once.
-    The loss is the mean of -log p_y (`log_probabilities`; with tta "none", the cross-entropy)."""
+def evaluator(model, norm: pipeline.Normalization, tta: str = "none", batch_size: int = 500):
+    """A function (uint8 images [N, H, W, C], labels [N]) -> (mean loss, accuracy, predictions int32 [N])
+    over every image once, normalized by `norm`, `batch_size` at a time (the last batch partial).  The
+    loss is the mean of -log p_y (`log_probabilities`; with tta "none", the cross-entropy).  Compiled
+    once for any N, so validation and the final test share one graph."""
+    spec = [tf.TensorSpec([None, *model.input_shape], tf.uint8), tf.TensorSpec([None], tf.int32)]
 
-    @tf.function(autograph=False)
-    def run():
+    @tf.function(autograph=False, input_signature=spec)
+    def run(images, labels):
+        n = tf.shape(labels)[0]
+        count = (n + batch_size - 1) // batch_size
+
         def body(k, loss_sum, preds):
-            x, y = batches.eval_batch(k)
+            x, y = pipeline.eval_batch(images, labels, norm, k, batch_size)
             log_p = log_probabilities(model, x, tta)  # [B, K]
             nll = -tf.gather(log_p, y, batch_dims=1)  # [B]
             return (k + 1, loss_sum + tf.reduce_sum(tf.cast(nll, tf.float64)),
                     preds.write(k, tf.argmax(log_p, -1, tf.int32)))
 
-        start = [tf.constant(0), tf.constant(0.0, tf.float64),
-                 tf.TensorArray(tf.int32, size=batches.num_eval_batches, infer_shape=False)]
-        _, loss_sum, preds = tf.while_loop(lambda k, *_: k < batches.num_eval_batches, body, start)
-        return loss_sum / batches.n, preds.concat()
+        start = [tf.constant(0), tf.constant(0.0, tf.float64), tf.TensorArray(tf.int32, size=count, infer_shape=False)]
+        _, loss_sum, preds = tf.while_loop(lambda k, *_: k < count, body, start)
+        return loss_sum / tf.cast(n, tf.float64), preds.concat()
 
-    def evaluate():
-        loss, preds = run()
+    def evaluate(images, labels):
+        labels = np.asarray(labels, np.int32)
+        loss, preds = run(tf.convert_to_tensor(images, tf.uint8), labels)
         preds = preds.numpy()
-        return float(loss), float(np.mean(preds == batches.labels.numpy())), preds
+        return float(loss), float(np.mean(preds == labels)), preds
+    evaluate.compiled = run
     return evaluate

@@ -91,11 +91,14 @@ def test_flip_tta_against_a_hand_computation():
     np.testing.assert_allclose(np.exp(got), p, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(step.log_probabilities(model, tf.constant(x)).numpy(),
                                np.log(softmax(logits.astype(np.float64))), rtol=1e-4, atol=1e-5)
-    batches = pipeline.Batches(images, labels, norm, 5)
-    loss, accuracy, preds = step.evaluator(model, batches, "flip")()
+    evaluate = step.evaluator(model, norm, "flip", batch_size=5)
+    loss, accuracy, preds = evaluate(images, labels)  # batches of 5, 5, 2
     assert loss == pytest.approx(-np.mean(np.log(p[np.arange(12), labels])), rel=1e-4)
     np.testing.assert_array_equal(preds, p.argmax(1))
     assert accuracy == pytest.approx(np.mean(p.argmax(1) == labels))
+    _, _, some = evaluate(images[3:10], labels[3:10])  # another number of images: the same graph
+    np.testing.assert_array_equal(some, preds[3:10])
+    assert evaluate.compiled.experimental_get_tracing_count() == 1
 
 
 def test_weight_decay_groups_by_kind_of_parameter():
