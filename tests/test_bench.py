@@ -110,3 +110,21 @@ def test_one_kernel_row_and_the_kernels_table(monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0] for line in lines[2:2 + len(fake)]] == [r["name"] for r in fake]
     assert " 2.00x " in lines[3] and json.loads(lines[-1]) == fake
+
+
+def test_networks_benchmark_prints_a_row_per_network(capsys):
+    assert bench.main(["networks", "--quick", "--models", "mobilenet-v3-small,mobilenet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    last = json.loads(lines[-1])
+    assert [r["model"] for r in last["networks"]] == ["mobilenet-v3-small", "mobilenet"]
+    assert last["networks"][1]["mult_adds"] == 3_331_072  # MobileNet v1 at alpha 0.25 (lowlevel.summary)
+    for r in last["networks"]:
+        assert r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0 and 0 < r["compute_fraction"] < 1
+        assert r["compute_fraction"] == pytest.approx(6 * r["mult_adds"] * r["train_images_per_s"]
+                                                      / (last["matmul_gflops"] * 1e9), abs=1e-3)  # rounded
+    assert [line.split()[0] for line in lines[3:5]] == ["mobilenet-v3-small", "mobilenet"]
+
+
+def test_networks_benchmark_names_what_it_cannot_measure(capsys):
+    assert bench.main(["networks", "--models", "mobilenet,alexnet"]) == 2
+    assert capsys.readouterr().err.startswith("error: --models mobilenet,alexnet: name networks of 32x32 images")

@@ -7,6 +7,7 @@ under each choice of kernels, devices and formats?  A subcommand each:
     python -m lowlevel.bench strategy      the step under tf.distribute against one device  (bench/devices.py)
     python -m lowlevel.bench summaries     the step with TensorBoard summaries off and on   (bench/devices.py)
     python -m lowlevel.bench exported DIR  the exported files' latency and images/s         (bench/exported.py)
+    python -m lowlevel.bench networks      several networks' training and inference, a row each (bench/networks.py)
 
 Each measures on random data of CIFAR's shape, with the compiled step `python -m lowlevel.train`
 runs (bench/timing.py: one fixture and one timed loop), after warm-up calls, around whole calls
@@ -24,7 +25,9 @@ from lowlevel.config import Parser
 from lowlevel.errors import ConfigError
 from lowlevel.nets.mobilenet import PRECISIONS
 
-COMMANDS = ("step", "kernels", "profile", "strategy", "summaries", "exported")
+COMMANDS = ("step", "kernels", "profile", "strategy", "summaries", "exported", "networks")
+# bench networks' default: MobileNet v1 and the lightweight series (docs/series.md)
+SERIES = "mobilenet,mobilenet-v2,mobilenet-v3-small,mobilenet-v3-large,shufflenet-v2,efficientnet-b0"
 
 
 def parser() -> Parser:
@@ -50,6 +53,8 @@ def parser() -> Parser:
     e.add_argument("path", help="the folder python -m lowlevel.export wrote, or one file in it")
     e.add_argument("--threads", default="1,2", help="thread counts to measure (default 1,2)")
     e.add_argument("--runs", type=int, default=200, help="timed batch-1 calls (default 200)")
+    n = sub.add_parser("networks", parents=[common], help="several networks' training and inference, a row each")
+    n.add_argument("--models", default=SERIES, help=f"comma-separated (default {SERIES})")
     return ap
 
 
@@ -71,8 +76,8 @@ def run(args) -> int:
     if args.command == "strategy" and args.batch_size % args.replicas:
         raise ConfigError(f"--batch-size {args.batch_size} does not divide among --replicas {args.replicas}; give "
                           f"a multiple of it.")
-    from lowlevel.bench import devices, exported, kernels, profile, speed
+    from lowlevel.bench import devices, exported, kernels, networks, profile, speed
 
     run = {"step": speed.run, "kernels": kernels.run, "profile": profile.run, "strategy": devices.run_strategy,
-           "summaries": devices.run_summaries, "exported": exported.run}[args.command]
+           "summaries": devices.run_summaries, "exported": exported.run, "networks": networks.run}[args.command]
     return run(args)

@@ -22,13 +22,7 @@ def lowlevel_throughput(batch: int, alpha: float, steps: int, repeats: int,
     """(training images/s, inference images/s) of lowlevel's compiled steps."""
     t, order, batches = timing.trainer(batch, alpha, steps, precision)
     train = timing.training_images_per_s(t, order, steps, repeats)
-    x, _ = batches.eval_batch(0)
-    model = t.model
-
-    infer = timing.summed(lambda i: tf.cast(model.inference(x)[0, 0], tf.float32))  # batch norms folded
-
-    float(infer(tf.constant(1)))
-    return train, batch * steps / best_time(lambda: float(infer(tf.constant(steps))), repeats)
+    return train, timing.inference_images_per_s(t.model, batches.eval_batch(0)[0], steps, repeats)
 
 
 def pipeline_throughput(batch: int, steps: int, repeats: int) -> float:

@@ -46,8 +46,8 @@ def random_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def trainer(batch: int, alpha: float, steps: int, precision: str = "float32", strategy=None, **config):
-    """(Trainer, image order, batches) of MobileNet on `batch * (steps + 1)` random images, as train builds
-    them (lowlevel.step), its step traced and warmed up by one call."""
+    """(Trainer, image order, batches) of MobileNet (or config's `model`) on `batch * (steps + 1)` random
+    images, as train builds them (lowlevel.step), its step traced and warmed up by one call."""
     from lowlevel import pipeline
     from lowlevel.config import Config
     from lowlevel.step import Trainer
@@ -65,3 +65,11 @@ def training_images_per_s(t, order, steps: int, repeats: int) -> float:
     """The one timed loop of the training step: `steps` steps per call, the best of `repeats` calls."""
     n = tf.constant(steps)
     return t.train.batch_size * steps / best_time(lambda: float(t.train_steps(order, n)), repeats)
+
+
+def inference_images_per_s(model, x: tf.Tensor, steps: int, repeats: int) -> float:
+    """`model.inference` (batch norms folded) on the normalized batch x [B, H, W, C], `steps` times per
+    compiled call, the best of `repeats` calls."""
+    infer = summed(lambda i: tf.cast(model.inference(x)[0, 0], tf.float32))  # used, so computed
+    float(infer(tf.constant(1)))
+    return x.shape[0] * steps / best_time(lambda: float(infer(tf.constant(steps))), repeats)
