@@ -23,9 +23,10 @@ norm, and the classifier (a convolution with neither batch norm nor bias, as the
             and the moving statistics move towards the batch's of conv(x, W): m_z / s, v_z / s^2;
         after `freeze_after` training steps, and at inference (Krishnamoorthi 2018, section 3.2.2):
             y = z + (beta - moving_mean s),   the folded layer the int8 network runs;
-  * activations: the input of every convolution and of the classifier, and the logits, fake-quantized
-    with ranges [lo, hi] kept as moving averages of each training batch's min and max (the first batch
-    sets them), read alone at inference.
+  * activations: the input of every convolution and of the classifier, the logits, and in an inverted
+    residual block the tensors no convolution reads alone (`BlockQuantization`), fake-quantized with
+    ranges [lo, hi] kept as moving averages of each training batch's min and max (the first batch sets
+    them), read alone at inference.
 
 The int8 file (lowlevel/export.py) then takes every scale from these ranges, without calibration; the
 pixels' normalization before the network gets exact ones (`normalization`).
@@ -37,6 +38,7 @@ import numpy as np
 from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Dense, DepthwiseConv2D
+from lowlevel.nets.mobilenet_v2 import InvertedResidual
 
 SCHEMES = ("per-channel", "per-tensor")
 RANGE_MOMENTUM = 0.99  # of the activation ranges' moving averages
@@ -119,6 +121,25 @@ class LayerQuantization(tf.Module):
         return x, kernel
 
 
+class BlockQuantization(tf.Module):
+    """An inverted residual block's part (nets/mobilenet_v2.py): the Ranges of the tensors of the int8
+    network that are no convolution's input: its linear projection's output and, in a residual block,
+    its input as the sum's operand and the sum.  Set as the block's `quantization`; the block calls it
+    with "input", "project" or "sum"."""
+
+    def __init__(self, state: "Quantized", residual: bool, name: str | None = None):
+        super().__init__(name=name)
+        self._state = lambda: state  # as in LayerQuantization
+        with self.name_scope:
+            self.project = Range(name="project")
+            self.input = Range(name="input") if residual else None
+            self.sum = Range(name="sum") if residual else None
+
+    def __call__(self, what: str, y: tf.Tensor) -> tf.Tensor:
+        state = self._state()
+        return getattr(self, what)(y, state.training, state.calibrating, state.activations)
+
+
 def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Tensor) -> tf.Tensor:
     """The batch norm of a convolution whose kernel has it folded in: z = conv(x, fq(W s)) [B, H, W, C]
     (module docstring).  frozen: a bool tensor, True once the moving statistics stand in for the batch's."""
@@ -168,6 +189,8 @@ class Quantized(tf.Module):
                     bn.quantization = self.batch_norm  # (a function: see LayerQuantization)
             for dense in [m for m in net.submodules if isinstance(m, Dense)]:
                 dense.quantization = LayerQuantization(self, per_channel=False)
+            for block in [m for m in net.submodules if isinstance(m, InvertedResidual)]:
+                block.quantization = BlockQuantization(self, block.residual)
 
     @property
     def per_channel(self) -> bool:

@@ -92,10 +92,14 @@ class InvertedResidual(tf.Module):
             # no activation after the projection: the gain of the linear layer is 1 (LeCun), not He's 2
             self.project = Conv2D(wide, out_channels, 1, compute_dtype=compute_dtype, gain=1.0, name="project")
             self.bn_project = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_project")
+        # quantization-aware training's ranges of the shortcut, the linear projection's output and the
+        # residual sum, which no convolution's input range covers (lowlevel/quantize.py), else None
+        self.quantization = None
 
     def __call__(self, x, training: bool, taps=None, name: str = "", seed=None):
         """taps: a dict to record into (MobileNetV1.__call__ describes them), under `name`.expand, ...
         seed: the key of drop_path's draws (layers.dropout)."""
+        x = self.rounded("input", x) if self.residual else x  # the shortcut's int8 form
         y = x
         if self.expand is not None:
             z = self.expand(y)  # [B, H, W, wide]
@@ -109,20 +113,25 @@ class InvertedResidual(tf.Module):
             y = y * gate  # self.se(y)
             tap_block(taps, name, gate=gate)
         z = self.project(y)  # [B, H/s, W/s, C_out]
-        y = self.bn_project(z, training)  # linear: no activation
+        y = self.rounded("project", self.bn_project(z, training))  # linear: no activation
         tap(taps, f"{name}.project", z, y)
         if not self.residual:
             return y
         tap_block(taps, name, shortcut=x, branch=y)
-        return x + lightweight.drop_path(y, self.drop_path, training, seed)
+        return self.rounded("sum", x + lightweight.drop_path(y, self.drop_path, training, seed))
 
     def inference(self, x):
         """__call__(x, training=False) with each batch norm folded into its convolution, in x's dtype."""
+        x = self.rounded("input", x) if self.residual else x
         y = folded(self.expand, self.bn_expand, x, activation=self.act) if self.expand is not None else x
         y = folded(self.depthwise, self.bn_depthwise, y, depthwise=True, activation=self.act)
         y = self.se(y) if self.se is not None else y
-        y = folded(self.project, self.bn_project, y, activation=None)
-        return x + y if self.residual else y
+        y = self.rounded("project", folded(self.project, self.bn_project, y, activation=None))
+        return self.rounded("sum", x + y) if self.residual else y
+
+    def rounded(self, what: str, y: tf.Tensor) -> tf.Tensor:
+        """y, or y rounded to 8 bits in its learned range under quantization-aware training."""
+        return y if self.quantization is None else self.quantization(what, y)
 
     def convs(self, name: str) -> list[tuple[str, tf.Module, BatchNorm]]:
         """(name, convolution, batch norm) of the block's convolutions, in order."""
