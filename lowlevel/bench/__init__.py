@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lowlevel import errors
+from lowlevel import errors, nets
 from lowlevel.config import Parser
 from lowlevel.errors import ConfigError
 from lowlevel.nets.mobilenet import PRECISIONS
 
 COMMANDS = ("step", "kernels", "profile", "strategy", "summaries", "exported", "networks")
-# bench networks' default: MobileNet v1 and the lightweight series (docs/series.md)
-SERIES = "mobilenet,mobilenet-v2,mobilenet-v3-small,mobilenet-v3-large,shufflenet-v2,efficientnet-b0"
 
 
 def parser() -> Parser:
@@ -54,7 +52,8 @@ def parser() -> Parser:
     e.add_argument("--threads", default="1,2", help="thread counts to measure (default 1,2)")
     e.add_argument("--runs", type=int, default=200, help="timed batch-1 calls (default 200)")
     n = sub.add_parser("networks", parents=[common], help="several networks' training and inference, a row each")
-    n.add_argument("--models", default=SERIES, help=f"comma-separated (default {SERIES})")
+    series = ",".join(nets.SERIES)
+    n.add_argument("--models", default=series, help=f"comma-separated (default {series}: docs/series.md)")
     return ap
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from lowlevel import costs, kernels, nets
-from lowlevel.bench import SERIES, timing
+from lowlevel.bench import timing
 from lowlevel.errors import ConfigError
 
 
@@ -16,7 +16,7 @@ def run(args) -> int:
     unknown = [n for n in names if n not in nets.NETS or nets.NETS[n].input_shape != (32, 32, 3)]
     if not names or unknown:
         raise ConfigError(f"--models {args.models}: name networks of 32x32 images, comma-separated, such as "
-                          f"{SERIES}.")
+                          f"{','.join(nets.SERIES)}.")
     size, reps = (512, 2) if args.quick else (2048, 10)
     peak = timing.matmul_gflops(size, reps, args.repeats)
     rows = []

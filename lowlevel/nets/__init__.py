@@ -74,6 +74,9 @@ NETS = {
                           "BN-Inception (Ioffe and Szegedy 2015, Table 1)"),
 }
 
+# MobileNet v1 and the lightweight series after it (docs/series.md, `python -m lowlevel.bench networks`)
+SERIES = ("mobilenet", "mobilenet-v2", "mobilenet-v3-small", "mobilenet-v3-large", "shufflenet-v2", "efficientnet-b0")
+
 
 def build(name: str, input_shape=None, num_classes: int | None = None, **options):
     """The network `name` for images of `input_shape` (H, W, C) and `num_classes` classes (default:
