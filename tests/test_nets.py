@@ -250,8 +250,7 @@ def test_model_and_dataset_flags_are_checked_in_one_sentence(tmp_path, data, cli
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mobilenet-v2", "mobilenet-v3-small", "mobilenet-v3-large", "shufflenet-v2",
-                                  "efficientnet-b0"])
+@pytest.mark.parametrize("name", nets.SERIES[1:])  # the lightweight series after MobileNet v1
 def test_the_lightweight_series_through_every_command(tmp_path, data, cli, name):
     """Each new network through the same loop as MobileNet v1 (tiny width, a few steps): train, a
     bitwise resume, evaluate, inspect (a row per convolution with a batch norm).  (Export: every
