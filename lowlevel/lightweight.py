@@ -20,7 +20,42 @@ def hard_swish(x: tf.Tensor) -> tf.Tensor:
     return x * hard_sigmoid(x)
 
 
-class SqueezeExcite(tf.Module):
+def swish(x: tf.Tensor) -> tf.Tensor:
+    """x * sigmoid(x) (SiLU; EfficientNet)."""
+    return tf.nn.silu(x)
+
+
+UNFUSED = (hard_swish, swish)  # activations the int8 network runs as operations of their own
+
+
+class Rounded:
+    """A module whose tensors quantization-aware training rounds to 8 bits at named points besides
+    its convolutions' inputs (lowlevel/quantize.py rounds those): the tensors of the int8 network that
+    no convolution reads alone.  `rounding_points()` names them, each with its range: None (learned
+    in training) or a fixed (lo, hi).  `quantization` is quantize.Quantized's, else None."""
+
+    quantization = None
+
+    def rounding_points(self) -> dict[str, tuple[float, float] | None]:
+        return {}
+
+    def rounded(self, what: str, y: tf.Tensor) -> tf.Tensor:
+        """y, or y rounded to 8 bits at point `what` under quantization-aware training."""
+        return y if self.quantization is None else self.quantization(what, y)
+
+    def activated(self, what: str, act, z: tf.Tensor) -> tf.Tensor:
+        """act(z); a hard-swish's or swish's input z rounded first at point `what` (`unfused`)."""
+        return act(self.rounded(what, z) if act in UNFUSED else z)
+
+
+def unfused(act, *points: str) -> dict[str, None]:
+    """The learned points of the activation act's inputs: the int8 network runs hard-swish and swish as
+    operations of their own after the convolution, whose output needs its range (ReLU and ReLU6 are
+    the clamps of the convolution's own output range)."""
+    return dict.fromkeys(points) if act in UNFUSED else {}
+
+
+class SqueezeExcite(tf.Module, Rounded):
     """Squeeze-and-excitation (Hu et al. 2018): each channel scaled by a gate in (0, 1) computed from
     the whole map's channel means:
 
@@ -30,6 +65,9 @@ class SqueezeExcite(tf.Module):
 
     W1 and W2 are 1x1 convolutions with biases (Keras' layout, so weights copy over); R = `reduced`.
     MobileNetV3: act relu, gate hard_sigmoid (the defaults); EfficientNet: swish and sigmoid.
+    Quantization-aware training rounds x, act's input if it is swish, W2 s' + b2, and the gate: a hard
+    sigmoid's relu6(. + 3) in [0, 6] and its gate in [0, 1], a sigmoid's in [0, 255/256] (the int8
+    LOGISTIC kernel's fixed output scale 1/256).
     """
 
     def __init__(self, channels: int, reduced: int, act=None, gate=None, name: str | None = None):
@@ -38,19 +76,29 @@ class SqueezeExcite(tf.Module):
         with self.name_scope:
             self.squeeze = Conv2D(channels, reduced, 1, use_bias=True, name="squeeze")
             self.excite = Conv2D(reduced, channels, 1, use_bias=True, gain=1.0, name="excite")
+        self.quantization = None
+
+    def rounding_points(self) -> dict[str, tuple[float, float] | None]:
+        fixed = {"shifted": (0.0, 6.0), "gate": (0.0, 1.0)} if self.gate_fn is hard_sigmoid else {
+            "gate": (0.0, 255 / 256)}
+        return {"input": None, **unfused(self.act, "squeeze"), "excite": None, **fixed}
 
     def gate(self, x: tf.Tensor) -> tf.Tensor:
-        """g [B, 1, 1, C] for x [B, H, W, C]."""
+        """g [B, 1, 1, C] for x [B, H, W, C] (x as __call__ rounds it)."""
         s = tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # [B, 1, 1, C]
-        return self.gate_fn(self.excite(self.act(self.squeeze(s))))
+        e = self.rounded("excite", self.excite(self.activated("squeeze", self.act, self.squeeze(s))))
+        if self.gate_fn is hard_sigmoid:  # relu6(e + 3) / 6: the int8 network's ADD (with ReLU6) and MUL
+            return self.rounded("gate", self.rounded("shifted", tf.nn.relu6(e + 3.0)) * (1.0 / 6.0))
+        return self.rounded("gate", self.gate_fn(e))
+
+    def scaled(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(y = x * g [B, H, W, C], g [B, 1, 1, C])."""
+        x = self.rounded("input", x)
+        g = self.gate(x)
+        return x * g, g
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return x * self.gate(x)  # [B, H, W, C]
-
-
-def swish(x: tf.Tensor) -> tf.Tensor:
-    """x * sigmoid(x) (SiLU; EfficientNet)."""
-    return tf.nn.silu(x)
+        return self.scaled(x)[0]  # [B, H, W, C]
 
 
 def drop_path(x: tf.Tensor, rate: float, training: bool, seed=None) -> tf.Tensor:

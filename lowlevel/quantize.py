@@ -23,10 +23,15 @@ norm, and the classifier (a convolution with neither batch norm nor bias, as the
             and the moving statistics move towards the batch's of conv(x, W): m_z / s, v_z / s^2;
         after `freeze_after` training steps, and at inference (Krishnamoorthi 2018, section 3.2.2):
             y = z + (beta - moving_mean s),   the folded layer the int8 network runs;
-  * activations: the input of every convolution and of the classifier, the logits, and in an inverted
-    residual block the tensors no convolution reads alone (`BlockQuantization`), fake-quantized with
-    ranges [lo, hi] kept as moving averages of each training batch's min and max (the first batch sets
-    them), read alone at inference.
+  * activations: the input of every convolution and of the classifier, the logits, and the tensors no
+    convolution reads alone, at the points its modules name (lightweight.Rounded: an inverted residual
+    block's projection, shortcut and sum, a squeeze-and-excitation gate's, a hard-swish's or swish's
+    input), fake-quantized with ranges [lo, hi] kept as moving averages of each training batch's min and
+    max (the first batch sets them), read alone at inference; where the int8 kernel's output range is
+    fixed (the gates), with that range.  (A swish's sigmoid, which the int8 network rounds to steps of
+    1/256, is not rounded.)
+  * the convolutions no batch norm follows outside `conv_layers()` (the gates', MobileNetV3's last):
+    their kernels rounded as they are (as the scheme says), their biases left to the int8 file's int32.
 
 The int8 file (lowlevel/export.py) then takes every scale from these ranges, without calibration; the
 pixels' normalization before the network gets exact ones (`normalization`).
@@ -37,8 +42,8 @@ import numpy as np
 
 from lowlevel._tf import tf
 
-from lowlevel.layers import BatchNorm, Dense, DepthwiseConv2D
-from lowlevel.nets.mobilenet_v2 import InvertedResidual
+from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D
+from lowlevel.lightweight import Rounded
 
 SCHEMES = ("per-channel", "per-tensor")
 RANGE_MOMENTUM = 0.99  # of the activation ranges' moving averages
@@ -121,23 +126,24 @@ class LayerQuantization(tf.Module):
         return x, kernel
 
 
-class BlockQuantization(tf.Module):
-    """An inverted residual block's part (nets/mobilenet_v2.py): the Ranges of the tensors of the int8
-    network that are no convolution's input: its linear projection's output and, in a residual block,
-    its input as the sum's operand and the sum.  Set as the block's `quantization`; the block calls it
-    with "input", "project" or "sum"."""
+class Points(tf.Module):
+    """A module's named rounding points (lightweight.Rounded: an inverted residual block's projection
+    and sum, a squeeze-and-excitation gate's, a hard-swish's input): a Range each, learned or fixed.
+    Set as the module's `quantization`; the module calls it with the point's name."""
 
-    def __init__(self, state: "Quantized", residual: bool, name: str | None = None):
+    def __init__(self, state: "Quantized", points: dict, name: str | None = None):
         super().__init__(name=name)
         self._state = lambda: state  # as in LayerQuantization
+        self.fixed = {what: bounds for what, bounds in points.items() if bounds is not None}
         with self.name_scope:
-            self.project = Range(name="project")
-            self.input = Range(name="input") if residual else None
-            self.sum = Range(name="sum") if residual else None
+            self.ranges = {what: Range(name=what) for what, bounds in points.items() if bounds is None}
 
     def __call__(self, what: str, y: tf.Tensor) -> tf.Tensor:
         state = self._state()
-        return getattr(self, what)(y, state.training, state.calibrating, state.activations)
+        if what in self.fixed:
+            lo, hi = self.fixed[what]
+            return y if not state.activations else tf.cast(fake_quant(tf.cast(y, tf.float32), lo, hi), y.dtype)
+        return self.ranges[what](y, state.training, state.calibrating, state.activations)
 
 
 def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Tensor) -> tf.Tensor:
@@ -189,8 +195,12 @@ class Quantized(tf.Module):
                     bn.quantization = self.batch_norm  # (a function: see LayerQuantization)
             for dense in [m for m in net.submodules if isinstance(m, Dense)]:
                 dense.quantization = LayerQuantization(self, per_channel=False)
-            for block in [m for m in net.submodules if isinstance(m, InvertedResidual)]:
-                block.quantization = BlockQuantization(self, block.residual)
+            for conv in [m for m in net.submodules if isinstance(m, (Conv2D, DepthwiseConv2D))]:
+                if conv.quantization is None:  # one of no batch norm, outside conv_layers (a gate's, V3's last)
+                    conv.quantization = LayerQuantization(self, depthwise=isinstance(conv, DepthwiseConv2D))
+            for module in [net, *net.submodules]:
+                if isinstance(module, Rounded) and module.rounding_points():
+                    module.quantization = Points(self, module.rounding_points())
 
     @property
     def per_channel(self) -> bool:
@@ -198,7 +208,7 @@ class Quantized(tf.Module):
 
     def detach(self) -> tf.Module:
         """The network alone again, in float (its layers' quantization removed); returns it."""
-        for m in self.net.submodules:
+        for m in [self.net, *self.net.submodules]:
             if hasattr(m, "quantization"):
                 m.quantization = None
         return self.net

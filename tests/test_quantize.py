@@ -235,14 +235,14 @@ def test_the_quantization_table_on_a_layer_whose_error_is_known():
 
 @pytest.mark.slow
 def test_an_int8_file_that_would_not_be_integer_throughout_is_refused():
-    """MobileNetV3's squeeze-and-excitation gates (pooling, a hard-sigmoid, a product) are tensors to
-    which quantization-aware training gives no range: the converter would leave them float32, and export
-    says so instead."""
+    """Without the range of MobileNetV3's head output (the hard-swish's result, which the pooling reads),
+    the converter would leave it and the pooling float32: export says so instead."""
     from lowlevel import export, nets, runs
     from lowlevel.pipeline import Normalization
 
     net = quantize.Quantized(nets.build("mobilenet-v3-small", (32, 32, 3), 10, alpha=0.25), "per-channel")
     net(tf.random.stateless_normal([4, 32, 32, 3], [0, 6]), training=True)  # ranges
+    net.net.quantization = None  # the fault: the network's own points (stem, head, last, features) unrounded
     module = export.deployed(net, Normalization([0.5] * 3, [0.25] * 3))
     with pytest.raises(runs.RunError, match="not integer throughout: [0-9]+ tensors would stay float32"):
         export.to_tflite(module, "tflite-int8")
@@ -277,33 +277,49 @@ def test_the_friendly_network_rounds_its_depthwise_kernels_as_they_are_and_expor
     assert {w["dtype"] for op, ins, _ in table if op in ("CONV_2D", "DEPTHWISE_CONV_2D") for w in ins[1:2]} == {np.int8}
 
 
+# the int8 operations of each network's own ideas, which its file must run on int8 tensors
+IDEAS = {"mobilenet-v2": {"ADD"}, "mobilenet-v3-small": {"ADD", "HARD_SWISH", "MEAN", "MUL"},
+         "efficientnet-b0": {"ADD", "LOGISTIC", "MEAN", "MUL"}}
+
+
 @pytest.mark.slow
-def test_mobilenet_v2_learns_the_ranges_of_its_residual_sums_and_exports_integer_throughout():
-    """An inverted residual block's tensors that are no convolution's input (the linear projection's
-    output; in a residual block its input as the sum's operand, and the sum) get learned ranges
-    (quantize.BlockQuantization), in training and in inference alike, so the int8 file from the
-    learned ranges is integer throughout, its residual sums int8 additions."""
+@pytest.mark.parametrize("name", list(IDEAS))
+def test_the_series_learns_the_ranges_no_convolution_reads_and_exports_integer_throughout(name):
+    """The tensors of the int8 network that no convolution's input range covers get learned ranges
+    (lightweight.Rounded's points): an inverted residual block's linear projection, shortcut and sum; a
+    hard-swish's or swish's input; a squeeze-and-excitation gate's input and excitation (its gate on the
+    int8 kernel's fixed range).  They round alike in training calls and in inference, and the int8 file
+    from the learned ranges is integer throughout, every operation of the network's ideas on int8."""
     from lowlevel import export, nets
+    from lowlevel.lightweight import Rounded, SqueezeExcite
     from lowlevel.nets.mobilenet_v2 import InvertedResidual
     from lowlevel.pipeline import Normalization
 
     from test_export import ops
 
-    net = quantize.Quantized(nets.build("mobilenet-v2", (32, 32, 3), 10, alpha=0.25), "per-channel")
+    net = quantize.Quantized(nets.build(name, (32, 32, 3), 10, alpha=0.25), "per-channel")
     blocks = [m for m in net.submodules if isinstance(m, InvertedResidual)]
-    assert all(b.quantization is not None and (b.quantization.sum is not None) == b.residual for b in blocks)
-    residual = [b for b in blocks if b.residual][-1]  # its input a sum of linear projections: signed
+    assert all(("sum" in b.quantization.ranges) == b.residual for b in blocks)
+    rounded = [m for m in [net.net, *net.submodules] if isinstance(m, Rounded) and m.rounding_points()]
+    assert all(isinstance(m.quantization, quantize.Points) for m in rounded)
+    gates = [m for m in rounded if isinstance(m, SqueezeExcite)]
+    assert len(gates) == sum(b.se is not None for b in blocks) and (len(gates) > 0) == (name != "mobilenet-v2")
+    for gate in gates:  # the gates' convolutions, with biases and no batch norm, rounded too
+        assert gate.squeeze.quantization is not None and gate.excite.quantization is not None
     for i in range(3):
         net(tf.random.stateless_normal([8, 32, 32, 3], [0, i]), training=True)  # ranges
-    ranges = residual.quantization
-    assert all(float(r.lo) < 0 < float(r.hi) for r in (ranges.input, ranges.project, ranges.sum))
-    x = tf.random.stateless_normal([2, 8, 8, residual.project.out_channels], [0, 9])
-    np.testing.assert_allclose(residual.inference(x).numpy(), residual(x, training=False).numpy(), atol=1e-4)
+    residual = [b for b in blocks if b.residual][-1]  # its input a sum of linear projections: signed
+    assert all(float(residual.quantization.ranges[r].lo) < 0 < float(residual.quantization.ranges[r].hi)
+               for r in ("input", "project", "sum"))
+    x = tf.random.stateless_normal([2, 32, 32, 3], [0, 9])
+    np.testing.assert_allclose(net.inference(x).numpy(), net(x, training=False).numpy(), atol=1e-4)
     module = export.deployed(net, Normalization([0.5] * 3, [0.25] * 3))
     table = ops(export.to_tflite(module, "tflite-int8"))  # refused if a tensor stayed float32
-    adds = [(ins, outs) for op, ins, outs in table if op == "ADD"]
-    assert adds and all(d["dtype"] == np.int8 for ins, outs in adds for d in [*ins, *outs])
-    assert net.detach() is not None and all(b.quantization is None for b in blocks)
+    used = [(op, ins, outs) for op, ins, outs in table if op in IDEAS[name]]
+    assert {op for op, _, _ in used} == IDEAS[name]
+    operands = [d for op, ins, outs in used for d in [*(ins[:1] if op == "MEAN" else ins), *outs]]  # not MEAN's axes
+    assert operands and all(d["dtype"] == np.int8 for d in operands)
+    assert net.detach() is not None and all(m.quantization is None for m in rounded)
 
 
 def test_a_network_without_batch_norms_is_refused_in_one_sentence():

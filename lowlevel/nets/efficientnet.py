@@ -29,7 +29,7 @@ import dataclasses
 from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Conv2D, Dense, dropout
-from lowlevel.lightweight import swish
+from lowlevel.lightweight import Rounded, swish, unfused
 from lowlevel.nets.mobilenet import folded, tap, tapped
 from lowlevel.nets.mobilenet_v2 import InvertedResidual, MobileNetV2, divisible, keep_options
 
@@ -58,7 +58,7 @@ B0 = (
 STEM, HEAD, DROP_PATH = 32, 1280, 0.2
 
 
-class EfficientNet(MobileNetV2):
+class EfficientNet(MobileNetV2, Rounded):
     """EfficientNet-B0: images [B, S, S, C] (normalized floats) -> logits [B, num_classes].  The arguments
     are MobileNetV2's, and so are conv_layers, layer_table and total_stride; drop_path is the last
     block's stochastic-depth rate (0.2)."""
@@ -94,13 +94,13 @@ class EfficientNet(MobileNetV2):
         stochastic depth draws with the key folded with i)."""
         record = {} if taps else None
         z = self.stem(images)
-        x = swish(self.bn_stem(z, training))
+        x = self.activated("stem", swish, self.bn_stem(z, training))
         tap(record, "stem", z, x)
         for i, block in enumerate(self.blocks):
             key = None if seed is None else tf.random.experimental.stateless_fold_in(seed, i + 1)
             x = block(x, training, record, f"blocks[{i}]", key)
         z = self.head(x)  # [B, 4, 4, 1280] on CIFAR
-        x = swish(self.bn_head(z, training))
+        x = self.rounded("features", self.activated("head", swish, self.bn_head(z, training)))
         tap(record, "head", z, x)
         x = dropout(tf.reduce_mean(x, axis=[1, 2]), self.dropout_rate, training, seed)  # [B, 1280]
         return tapped(record, self.classifier(x), taps)
@@ -108,11 +108,18 @@ class EfficientNet(MobileNetV2):
     def inference(self, images: tf.Tensor) -> tf.Tensor:
         """The logits of __call__(images, training=False), batch norms folded; in mixed precision the
         network up to the pooling in the 16-bit type."""
-        x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision), activation=swish)
+        x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision),
+                   activation=lambda z: self.activated("stem", swish, z))
         for block in self.blocks:
             x = block.inference(x)
-        x = folded(self.head, self.bn_head, x, activation=swish)
+        x = self.rounded("features", folded(self.head, self.bn_head, x,
+                                           activation=lambda z: self.activated("head", swish, z)))
         return self.classifier(tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2]))
+
+    def rounding_points(self) -> dict[str, None]:
+        """The swishes' inputs after the stem and the head, and the head's output, which the pooling reads
+        (lightweight.Rounded)."""
+        return {**unfused(swish, "stem", "head"), "features": None}
 
 
 def b0(input_shape=(32, 32, 3), num_classes: int = 10, dropout: float | None = None, **options) -> EfficientNet:

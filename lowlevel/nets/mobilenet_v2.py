@@ -34,7 +34,7 @@ from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D, dropout, global_average_pool, relu6
 from lowlevel import lightweight
-from lowlevel.lightweight import SqueezeExcite
+from lowlevel.lightweight import Rounded, SqueezeExcite, unfused
 from lowlevel.nets.mobilenet import PRECISIONS, folded, tap, tap_block, tapped
 
 
@@ -68,7 +68,7 @@ def divisible(v: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * v else rounded
 
 
-class InvertedResidual(tf.Module):
+class InvertedResidual(tf.Module, Rounded):
     """x [B, H, W, C_in] -> [B, H/s, W/s, C_out]: expand to `wide` channels (if `expand`), k x k depthwise,
     a squeeze-and-excitation gate (if se_reduced > 0: MobileNetV3, EfficientNet; its activation and
     gate se_act, se_gate), linear projection, + x when the shape is kept (module docstring).
@@ -92,9 +92,15 @@ class InvertedResidual(tf.Module):
             # no activation after the projection: the gain of the linear layer is 1 (LeCun), not He's 2
             self.project = Conv2D(wide, out_channels, 1, compute_dtype=compute_dtype, gain=1.0, name="project")
             self.bn_project = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_project")
-        # quantization-aware training's ranges of the shortcut, the linear projection's output and the
-        # residual sum, which no convolution's input range covers (lowlevel/quantize.py), else None
-        self.quantization = None
+        self.quantization = None  # lightweight.Rounded's
+
+    def rounding_points(self) -> dict[str, None]:
+        """Quantization-aware training's learned ranges (lightweight.Rounded) of the linear projection's
+        output; in a residual block of its input as the sum's operand and of the sum; of a hard-swish's
+        or swish's input."""
+        shortcut = dict.fromkeys(["input", "sum"]) if self.residual else {}
+        return {**shortcut, **unfused(self.act, *(["expand"] if self.expand is not None else []), "depthwise"),
+                "project": None}
 
     def __call__(self, x, training: bool, taps=None, name: str = "", seed=None):
         """taps: a dict to record into (MobileNetV1.__call__ describes them), under `name`.expand, ...
@@ -103,14 +109,13 @@ class InvertedResidual(tf.Module):
         y = x
         if self.expand is not None:
             z = self.expand(y)  # [B, H, W, wide]
-            y = self.act(self.bn_expand(z, training))
+            y = self.activated("expand", self.act, self.bn_expand(z, training))
             tap(taps, f"{name}.expand", z, y)
         z = self.depthwise(y)  # [B, H/s, W/s, wide]
-        y = self.act(self.bn_depthwise(z, training))
+        y = self.activated("depthwise", self.act, self.bn_depthwise(z, training))
         tap(taps, f"{name}.depthwise", z, y)
         if self.se is not None:
-            gate = self.se.gate(y)  # [B, 1, 1, wide]
-            y = y * gate  # self.se(y)
+            y, gate = self.se.scaled(y)  # y * gate, gate [B, 1, 1, wide]
             tap_block(taps, name, gate=gate)
         z = self.project(y)  # [B, H/s, W/s, C_out]
         y = self.rounded("project", self.bn_project(z, training))  # linear: no activation
@@ -123,15 +128,14 @@ class InvertedResidual(tf.Module):
     def inference(self, x):
         """__call__(x, training=False) with each batch norm folded into its convolution, in x's dtype."""
         x = self.rounded("input", x) if self.residual else x
-        y = folded(self.expand, self.bn_expand, x, activation=self.act) if self.expand is not None else x
-        y = folded(self.depthwise, self.bn_depthwise, y, depthwise=True, activation=self.act)
+        y = x
+        if self.expand is not None:
+            y = folded(self.expand, self.bn_expand, y, activation=lambda z: self.activated("expand", self.act, z))
+        y = folded(self.depthwise, self.bn_depthwise, y, depthwise=True,
+                   activation=lambda z: self.activated("depthwise", self.act, z))
         y = self.se(y) if self.se is not None else y
         y = self.rounded("project", folded(self.project, self.bn_project, y, activation=None))
         return self.rounded("sum", x + y) if self.residual else y
-
-    def rounded(self, what: str, y: tf.Tensor) -> tf.Tensor:
-        """y, or y rounded to 8 bits in its learned range under quantization-aware training."""
-        return y if self.quantization is None else self.quantization(what, y)
 
     def convs(self, name: str) -> list[tuple[str, tf.Module, BatchNorm]]:
         """(name, convolution, batch norm) of the block's convolutions, in order."""

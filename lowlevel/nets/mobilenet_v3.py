@@ -31,7 +31,7 @@ import dataclasses
 from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Conv2D, Dense, dropout, relu
-from lowlevel.lightweight import hard_swish
+from lowlevel.lightweight import Rounded, hard_swish, unfused
 from lowlevel.nets.mobilenet import folded, tap, tapped
 from lowlevel.nets.mobilenet_v2 import InvertedResidual, MobileNetV2, divisible, keep_options
 
@@ -85,7 +85,7 @@ STEM = 16
 LAST_POINT = {"small": 1024, "large": 1280}
 
 
-class MobileNetV3(MobileNetV2):
+class MobileNetV3(MobileNetV2, Rounded):
     """MobileNetV3-Small or -Large: images [B, S, S, C] (normalized floats) -> logits [B, num_classes].
 
     size: "small" or "large".  dropout: before the classifier (Keras' default 0.2; here the
@@ -122,14 +122,14 @@ class MobileNetV3(MobileNetV2):
         """images [B, S, S, C] -> logits [B, num_classes]; seed and taps as in MobileNetV1.__call__."""
         record = {} if taps else None
         z = self.stem(images)  # [B, S/stride, ., 16]
-        x = hard_swish(self.bn_stem(z, training))
+        x = self.activated("stem", hard_swish, self.bn_stem(z, training))
         tap(record, "stem", z, x)
         for i, block in enumerate(self.blocks):
             x = block(x, training, record, f"blocks[{i}]")
         z = self.head(x)  # [B, 4, 4, 6 C_last] on CIFAR
-        x = hard_swish(self.bn_head(z, training))
+        x = self.rounded("features", self.activated("head", hard_swish, self.bn_head(z, training)))
         tap(record, "head", z, x)
-        x = hard_swish(self.last(tf.reduce_mean(x, axis=[1, 2], keepdims=True)))[:, 0, 0]  # [B, 1024 | 1280]
+        x = self.activated("last", hard_swish, self.last(tf.reduce_mean(x, axis=[1, 2], keepdims=True)))[:, 0, 0]
         x = dropout(x, self.dropout_rate, training, seed)
         return tapped(record, self.classifier(x), taps)
 
@@ -141,12 +141,19 @@ class MobileNetV3(MobileNetV2):
     def inference(self, images: tf.Tensor) -> tf.Tensor:
         """The logits of __call__(images, training=False), every batch norm folded into its convolution
         and, in mixed precision, the network up to the pooling in the 16-bit type."""
-        x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision), activation=hard_swish)
+        x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision),
+                   activation=lambda z: self.activated("stem", hard_swish, z))
         for block in self.blocks:
             x = block.inference(x)
-        x = folded(self.head, self.bn_head, x, activation=hard_swish)
+        x = self.rounded("features", folded(self.head, self.bn_head, x,
+                                           activation=lambda z: self.activated("head", hard_swish, z)))
         x = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2], keepdims=True)  # [B, 1, 1, 6 C_last]
-        return self.classifier(hard_swish(self.last(x))[:, 0, 0])  # [B, num_classes]
+        return self.classifier(self.activated("last", hard_swish, self.last(x))[:, 0, 0])  # [B, num_classes]
+
+    def rounding_points(self) -> dict[str, None]:
+        """The hard-swishes' inputs after the stem, the head and the last 1x1 convolution, and the head's
+        output, which the pooling reads (lightweight.Rounded)."""
+        return {**unfused(hard_swish, "stem", "head", "last"), "features": None}
 
 
 def _build(size: str, input_shape, num_classes: int, dropout: float | None, **options) -> MobileNetV3:
