@@ -44,15 +44,26 @@ class Rounded:
         return y if self.quantization is None else self.quantization(what, y)
 
     def activated(self, what: str, act, z: tf.Tensor) -> tf.Tensor:
-        """act(z); a hard-swish's or swish's input z rounded first at point `what` (`unfused`)."""
-        return act(self.rounded(what, z) if act in UNFUSED else z)
+        """act(z); under quantization-aware training a hard-swish's or swish's input z rounded first at
+        point `what` (`unfused`), and a swish's sigmoid at `what`.sigmoid."""
+        if act not in UNFUSED or self.quantization is None:
+            return act(z)
+        z = self.rounded(what, z)
+        if act is swish:  # the int8 network's LOGISTIC, then MUL
+            return z * self.rounded(f"{what}.sigmoid", tf.sigmoid(z))
+        return act(z)
 
 
-def unfused(act, *points: str) -> dict[str, None]:
-    """The learned points of the activation act's inputs: the int8 network runs hard-swish and swish as
-    operations of their own after the convolution, whose output needs its range (ReLU and ReLU6 are
-    the clamps of the convolution's own output range)."""
-    return dict.fromkeys(points) if act in UNFUSED else {}
+SIGMOID_RANGE = (0.0, 255 / 256)  # the int8 LOGISTIC kernel's fixed output range, steps of 1/256
+
+
+def unfused(act, *points: str) -> dict[str, tuple[float, float] | None]:
+    """The points of the activation act's inputs: the int8 network runs hard-swish and swish as
+    operations of their own after the convolution, whose output needs its learned range (ReLU and
+    ReLU6 are the clamps of the convolution's own output range); a swish's sigmoid, on its fixed range."""
+    if act not in UNFUSED:
+        return {}
+    return {**dict.fromkeys(points), **({f"{p}.sigmoid": SIGMOID_RANGE for p in points} if act is swish else {})}
 
 
 class SqueezeExcite(tf.Module, Rounded):
@@ -65,9 +76,9 @@ class SqueezeExcite(tf.Module, Rounded):
 
     W1 and W2 are 1x1 convolutions with biases (Keras' layout, so weights copy over); R = `reduced`.
     MobileNetV3: act relu, gate hard_sigmoid (the defaults); EfficientNet: swish and sigmoid.
-    Quantization-aware training rounds x, act's input if it is swish, W2 s' + b2, and the gate: a hard
-    sigmoid's relu6(. + 3) in [0, 6] and its gate in [0, 1], a sigmoid's in [0, 255/256] (the int8
-    LOGISTIC kernel's fixed output scale 1/256).
+    Quantization-aware training rounds x, act's input and sigmoid if it is swish, W2 s' + b2, and the
+    gate: a hard sigmoid's relu6(. + 3) in [0, 6] and its gate in [0, 1], a sigmoid's in [0, 255/256]
+    (the int8 LOGISTIC kernel's fixed output scale 1/256).
     """
 
     def __init__(self, channels: int, reduced: int, act=None, gate=None, name: str | None = None):
@@ -80,7 +91,7 @@ class SqueezeExcite(tf.Module, Rounded):
 
     def rounding_points(self) -> dict[str, tuple[float, float] | None]:
         fixed = {"shifted": (0.0, 6.0), "gate": (0.0, 1.0)} if self.gate_fn is hard_sigmoid else {
-            "gate": (0.0, 255 / 256)}
+            "gate": SIGMOID_RANGE}
         return {"input": None, **unfused(self.act, "squeeze"), "excite": None, **fixed}
 
     def gate(self, x: tf.Tensor) -> tf.Tensor:

@@ -28,8 +28,7 @@ norm, and the classifier (a convolution with neither batch norm nor bias, as the
     block's projection, shortcut and sum, a squeeze-and-excitation gate's, a hard-swish's or swish's
     input), fake-quantized with ranges [lo, hi] kept as moving averages of each training batch's min and
     max (the first batch sets them), read alone at inference; where the int8 kernel's output range is
-    fixed (the gates), with that range.  (A swish's sigmoid, which the int8 network rounds to steps of
-    1/256, is not rounded.)
+    fixed (the gates, a swish's sigmoid), on that range.
   * the convolutions no batch norm follows outside `conv_layers()` (the gates', MobileNetV3's last):
     their kernels rounded as they are (as the scheme says), their biases left to the int8 file's int32.
 

@@ -322,6 +322,27 @@ def test_the_series_learns_the_ranges_no_convolution_reads_and_exports_integer_t
     assert net.detach() is not None and all(m.quantization is None for m in rounded)
 
 
+def test_a_swish_rounds_its_input_and_its_sigmoid_as_the_int8_network_does():
+    """The int8 network runs a swish as LOGISTIC (its output on the fixed steps of 1/256) then MUL: under
+    quantization-aware training z * sigmoid(z) is fq(z) * fq(sigmoid(fq(z)); 0, 255/256)."""
+    from lowlevel import lightweight, nets
+
+    net = quantize.Quantized(nets.build("efficientnet-b0", (32, 32, 3), 10, alpha=0.25), "per-channel")
+    points = net.net.quantization
+    assert points.fixed["stem.sigmoid"] == (0.0, 255 / 256) and "stem" in points.ranges
+    points.ranges["stem"].lo.assign(-4.0)
+    points.ranges["stem"].hi.assign(4.0)
+    z = tf.random.stateless_normal([2, 4, 4, 8], [0, 2]) * 3
+    got = net.net.activated("stem", lightweight.swish, z).numpy()
+    zq = quantize.fake_quant(z, tf.constant(-4.0), tf.constant(4.0))
+    sigmoid = quantize.fake_quant(tf.sigmoid(zq), tf.constant(0.0), tf.constant(255 / 256)).numpy()
+    np.testing.assert_allclose(sigmoid * 256, np.round(sigmoid * 256), atol=1e-4)  # on the steps of 1/256
+    np.testing.assert_allclose(got, zq.numpy() * sigmoid, rtol=1e-6, atol=1e-7)
+    assert np.abs(got - tf.nn.silu(zq).numpy()).max() > 1e-4  # the sigmoid rounded, not passed through
+    net.detach()
+    np.testing.assert_array_equal(net.net.activated("stem", lightweight.swish, z).numpy(), tf.nn.silu(z).numpy())
+
+
 def test_a_network_without_batch_norms_is_refused_in_one_sentence():
     from lowlevel import runs
     from lowlevel.config import Config, ConfigError

@@ -116,7 +116,7 @@ class EfficientNet(MobileNetV2, Rounded):
                                            activation=lambda z: self.activated("head", swish, z)))
         return self.classifier(tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2]))
 
-    def rounding_points(self) -> dict[str, None]:
+    def rounding_points(self) -> dict[str, tuple[float, float] | None]:
         """The swishes' inputs after the stem and the head, and the head's output, which the pooling reads
         (lightweight.Rounded)."""
         return {**unfused(swish, "stem", "head"), "features": None}

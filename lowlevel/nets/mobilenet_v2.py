@@ -94,7 +94,7 @@ class InvertedResidual(tf.Module, Rounded):
             self.bn_project = BatchNorm(out_channels, bn_momentum, fused=fused_bn, name="bn_project")
         self.quantization = None  # lightweight.Rounded's
 
-    def rounding_points(self) -> dict[str, None]:
+    def rounding_points(self) -> dict[str, tuple[float, float] | None]:
         """Quantization-aware training's learned ranges (lightweight.Rounded) of the linear projection's
         output; in a residual block of its input as the sum's operand and of the sum; of a hard-swish's
         or swish's input."""

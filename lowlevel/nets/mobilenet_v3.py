@@ -150,7 +150,7 @@ class MobileNetV3(MobileNetV2, Rounded):
         x = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2], keepdims=True)  # [B, 1, 1, 6 C_last]
         return self.classifier(self.activated("last", hard_swish, self.last(x))[:, 0, 0])  # [B, num_classes]
 
-    def rounding_points(self) -> dict[str, None]:
+    def rounding_points(self) -> dict[str, tuple[float, float] | None]:
         """The hard-swishes' inputs after the stem, the head and the last 1x1 convolution, and the head's
         output, which the pooling reads (lightweight.Rounded)."""
         return {**unfused(hard_swish, "stem", "head", "last"), "features": None}
