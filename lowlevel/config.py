@@ -26,6 +26,10 @@ from lowlevel.datasets import DATASETS
 from lowlevel.errors import ConfigError
 from lowlevel.nets import NETS
 
+# a --qat run fine-tunes a trained one (docs/quantization.md): a few epochs at a small learning rate; at
+# the float run's 0.1 a tiny EfficientNet-B0 broke down once its batch norms froze
+QAT_DEFAULTS = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0}
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with its errors in lowlevel's form: one line on stderr, exit status 2."""
@@ -88,7 +92,8 @@ class Config:
     from_run: str = _f("", "start from this run's weights (its folder, or one checkpoint; the averaged weights of "
                            "an --ema run) and its network, instead of new weights")
     qat: str = _f("", "train as the int8 network computes (fake quantization), with per-channel or per-tensor "
-                      "weight scales; empty: in float", choices=("", "per-channel", "per-tensor"))
+                      "weight scales; empty: in float.  A fine-tuning: unless given, --epochs 3 --lr 0.005 "
+                      "--warmup-epochs 0", choices=("", "per-channel", "per-tensor"))
     qat_freeze_bn: float = _f(1.0, "with --qat: epochs in which the batch norms use batch statistics; after them "
                                    "the moving statistics are frozen")
     # the data
@@ -185,9 +190,10 @@ class Config:
     def with_defaults(self, explicit: set[str]) -> "Config":
         """A new run's config: the data set the model was designed for when --dataset is empty, and the
         settings the model and the data set want (`nets.Entry.defaults`, `datasets.Entry.defaults`, such as
-        dropout 0.5 for alexnet, or no cutout on 28x28 images) wherever the command line did not give one."""
+        dropout 0.5 for alexnet, or no cutout on 28x28 images), and a --qat fine-tuning's (QAT_DEFAULTS),
+        wherever the command line did not give one."""
         self = dataclasses.replace(self.check(), dataset=self.dataset or NETS[self.model].dataset)
-        wanted = {**DATASETS[self.dataset].defaults, **NETS[self.model].defaults}
+        wanted = {**DATASETS[self.dataset].defaults, **NETS[self.model].defaults, **(QAT_DEFAULTS if self.qat else {})}
         return dataclasses.replace(self, **{k: v for k, v in wanted.items() if k not in explicit})
 
     def check_data(self, train_images: int, image_side: int) -> "Config":

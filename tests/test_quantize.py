@@ -166,9 +166,6 @@ def assert_int8_file_is_the_simulated_network(cwd, cli):
     assert float(out.split(" on ")[-1].split("%")[0]) == pytest.approx(100 * agree.mean(), abs=2)
 
 
-QAT = ["--qat", "per-channel", "--epochs", "2", "--lr", "0.01", "--warmup-epochs", "0", "--qat-freeze-bn", "1"]
-
-
 @pytest.mark.slow
 def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8(tmp_path, colours, cli):
     """train --from-run F --qat: the network and data set are F's, the weights start as F's; stopped and
@@ -194,6 +191,19 @@ def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8
     one_error(status, err, f"--from-run {colours[0]}", "--alpha 0.25")
     status, _, err = cli("train", tmp_path, *common, "--run-name", "other", "--precision", "bfloat16")
     one_error(status, err, "--qat", "--precision bfloat16")
+
+
+def test_a_qat_run_fine_tunes_briefly_at_a_small_learning_rate_unless_told_otherwise():
+    from lowlevel.config import QAT_DEFAULTS, Config
+
+    cfg, explicit = Config.from_args(["--qat", "per-channel"])
+    assert {k: getattr(cfg.with_defaults(explicit), k) for k in QAT_DEFAULTS} == {
+        "epochs": 3, "lr": 0.005, "warmup_epochs": 0.0}
+    cfg, explicit = Config.from_args(["--qat", "per-tensor", "--lr", "0.01", "--epochs", "2"])
+    assert (cfg.with_defaults(explicit).lr, cfg.with_defaults(explicit).epochs) == (0.01, 2)
+    assert cfg.with_defaults(explicit).warmup_epochs == 0.0
+    float_run = Config.from_args([])[0].with_defaults(set())
+    assert (float_run.epochs, float_run.lr, float_run.warmup_epochs) == (150, 0.1, 1.0)  # in float: the recipe's
 
 
 def test_sqnr_of_rounding_a_uniform_signal_is_its_closed_form():
