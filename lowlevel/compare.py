@@ -4,13 +4,13 @@
     python -m lowlevel.compare --dataset fashion-mnist --models fashion-cnn,fashion-cnn-separable,fashion-separable
 
 Trains each configuration (a network name, with @ALPHA for a width multiplier) on one data set
-with the same budget, each an ordinary run in checkpoints/compare-<name>/ trained by
-lowlevel.train, so a stopped comparison continues where it stopped (--resume of each run) and a
-finished run is not trained again.  Any other flag (--lr, --batch-size, ...) goes to every run;
+with the same budget, each an ordinary run in checkpoints/compare-<name>/ (--prefix: another word
+than compare) trained by lowlevel.train, so a stopped comparison continues where it stopped
+(--resume of each run) and a finished run, however it was trained, is not trained again.  Any other flag (--lr, --batch-size, ...) goes to every run;
 otherwise each network trains with its own defaults (`python -m lowlevel.train --help`).
 Then, for each: parameters and multiply-adds (counted, lowlevel.summary), training images/s (the
 median epoch of its history.csv), inference images/s (the folded network on 2,000 test images,
-timed here), test accuracy of its last checkpoint, and its wall time; with --int8 also the test
+timed here), test accuracy of its last checkpoint (with the run's --tta), and its wall time; with --int8 also the test
 accuracy and size of its full-integer LiteRT file (`python -m lowlevel.export --format tflite-int8`,
 per-channel weights, calibrated on training images, written into the run's export/).  Writes
 checkpoints/compare.csv and compare.png (test accuracy against multiply-adds) and prints the table.
@@ -41,6 +41,7 @@ def parser() -> Parser:
     p.add_argument("--epochs", type=int, default=5, help="epochs for every run (default 5: the cifar10 list in "
                                                          "about 3 hours on a 2-core CPU)")
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where the runs and compare.csv go")
+    p.add_argument("--prefix", default="compare", help="the runs' names: PREFIX-<name> (default: compare)")
     p.add_argument("--int8", action="store_true", help="also export each run to int8 LiteRT and measure its test "
                                                        "accuracy and file size")
     return p
@@ -68,10 +69,10 @@ class Refused(Exception):
 
 
 def train(name: str, model: str, alpha: float, args, extra: list[str]) -> Path:
-    """Train (or continue, or just re-test) the run compare-<name>; returns its folder."""
+    """Train (or continue, or just re-test) the run <prefix>-<name>; returns its folder."""
     from lowlevel import train as trainer
 
-    run = Path(args.checkpoint_dir) / f"compare-{name}"
+    run = Path(args.checkpoint_dir) / f"{args.prefix}-{name}"
     words = ["--checkpoint-dir", args.checkpoint_dir, "--run-name", run.name]
     if (run / "config.json").is_file():
         words.append("--resume")  # the run's own settings come from its config.json
@@ -116,7 +117,8 @@ def measure(name: str, model: str, alpha: float, run: Path, data_path: str, quan
     loaded = runs.load(run, data_path=data_path)
     history = pd.DataFrame(history_file.read(run / "history.csv"))
     totals = costs.totals(costs.rows(loaded.model))
-    _, accuracy, _ = evaluator(loaded.model, loaded.normalization)(loaded.data.test_images, loaded.data.test_labels)
+    _, accuracy, _ = evaluator(loaded.model, loaded.normalization, loaded.config.tta)(loaded.data.test_images,
+                                                                                    loaded.data.test_labels)
     x = loaded.normalization(loaded.data.test_images[:500])
     infer = tf.function(loaded.model.inference, autograph=False)
     infer(x)  # trace and warm up

@@ -25,12 +25,14 @@ def test_compare_trains_measures_and_resumes(tmp_path, data, cli):
     assert (tmp_path / "checkpoints" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "checkpoints" / "compare-vgg-blocks-separable-0.125" / "ckpt-10.index").is_file()
     assert "vgg-blocks-separable-0.125" in out and "test acc" in out
-    status, out, err = cli("compare", tmp_path, *args, "--int8")  # everything finished: nothing is trained again
+    for name in table.name:  # runs trained otherwise, under other names, are found by --prefix
+        (tmp_path / "checkpoints" / f"compare-{name}").rename(tmp_path / "checkpoints" / f"mine-{name}")
+    status, out, err = cli("compare", tmp_path, *args, "--prefix", "mine", "--int8")  # nothing is trained again
     assert status == 0 and "epoch   1/1" not in out and "int8 acc" in out, out
     again = pd.read_csv(tmp_path / "checkpoints" / "compare.csv")
     pd.testing.assert_series_equal(again.test_accuracy, table.test_accuracy)
     assert again.int8_accuracy.between(0, 1).all() and (again.int8_bytes > 1000).all()
-    int8 = tmp_path / "checkpoints" / "compare-mobilenet-standard-0.125" / "export" / "int8.tflite"
+    int8 = tmp_path / "checkpoints" / "mine-mobilenet-standard-0.125" / "export" / "int8.tflite"
     assert again.int8_bytes[1] == int8.stat().st_size
 
 
