@@ -133,7 +133,9 @@ def test_after_the_freeze_training_computes_the_int8_network_and_its_statistics_
     assert stem.lo.numpy() == pytest.approx(m * float(tf.reduce_min(x)) + (1 - m) * float(tf.reduce_min(x2)))
 
 
-QAT = ["--qat", "per-channel", "--epochs", "2", "--lr", "0.01", "--warmup-epochs", "0", "--qat-freeze-bn", "1"]
+# three epochs, as config.QAT_DEFAULTS: two (one with batch statistics, one frozen) leave the tiny network
+# at 87-91% of its 100 test images on some CPUs, too close to the 90% that makes the agreement mean something
+QAT = ["--qat", "per-channel", "--epochs", "3", "--lr", "0.01", "--warmup-epochs", "0", "--qat-freeze-bn", "1"]
 
 
 def assert_int8_file_is_the_simulated_network(cwd, cli):
@@ -179,7 +181,7 @@ def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8
     status, out, err = cli("train", tmp_path, "--run-name", "parts", "--resume")
     assert status == 0, err
     run = tmp_path / "checkpoints"
-    assert_same_weights(run / "qat" / "ckpt-18", run / "parts" / "ckpt-18")
+    assert_same_weights(run / "qat" / "ckpt-27", run / "parts" / "ckpt-27")
     config = (run / "qat" / "config.json").read_text()
     assert '"alpha": 0.25' in config and '"qat": "per-channel"' in config
     assert cli("train", tmp_path, *common[2:], "--run-name", "same-data", "--max-steps", "1")[0] == 0  # its --data
