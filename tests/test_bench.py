@@ -105,11 +105,13 @@ def test_one_kernel_row_and_the_kernels_table(monkeypatch, capsys):
         assert row[key] > 0, key
     fake = [{"name": name, "env": e, **row, "train_images_per_s": 100.0 * (i + 1)}
             for i, (name, e) in enumerate(bench_kernels.kernel_sets({"avx2", "fma", "avx512f"}))]
+    fake[-1] = {"name": fake[-1]["name"], "env": fake[-1]["env"], "refused": "--precision bfloat16: no kernels."}
     monkeypatch.setattr(bench_kernels, "kernels_table", lambda args: fake)
     assert bench.main(["kernels", "--quick"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0] for line in lines[2:2 + len(fake)]] == [r["name"] for r in fake]
     assert " 2.00x " in lines[3] and json.loads(lines[-1]) == fake
+    assert lines[1 + len(fake)].endswith(" refused: --precision bfloat16: no kernels.")  # a row the kernels refuse
 
 
 def test_networks_benchmark_prints_a_row_per_network(capsys):
@@ -128,3 +130,22 @@ def test_networks_benchmark_prints_a_row_per_network(capsys):
 def test_networks_benchmark_names_what_it_cannot_measure(capsys):
     assert bench.main(["networks", "--models", "mobilenet,alexnet"]) == 2
     assert capsys.readouterr().err.startswith("error: --models mobilenet,alexnet: name networks of 32x32 images")
+
+
+def test_a_kernel_set_that_refuses_the_precision_is_a_row_saying_why(monkeypatch):
+    """A kernel set whose process exits with a one-sentence error (status 2: bfloat16 on oneDNN below AVX-512)
+    is a row holding that sentence; any other failure stops the table."""
+    import argparse
+    import subprocess as sp
+
+    outcomes = iter([sp.CompletedProcess([], 0, stdout='{"kernels": "oneDNN:avx2:2x2"}\n', stderr=""),
+                     sp.CompletedProcess([], 2, stdout="", stderr="error: --precision bfloat16: none here.\n")])
+    monkeypatch.setattr(bench_kernels, "kernel_sets", lambda flags: [("a", {}), ("b", {"X": "1"})])
+    monkeypatch.setattr(bench_kernels.subprocess, "run", lambda *a, **k: next(outcomes))
+    args = argparse.Namespace(batch_size=8, alpha=0.25, steps=2, repeats=1, precision="bfloat16", quick=True)
+    rows = bench_kernels.kernels_table(args)
+    assert rows == [{"name": "a", "env": {}, "kernels": "oneDNN:avx2:2x2"},
+                    {"name": "b", "env": {"X": "1"}, "refused": "--precision bfloat16: none here."}]
+    monkeypatch.setattr(bench_kernels.subprocess, "run", lambda *a, **k: sp.CompletedProcess([], 1, "", "boom\n"))
+    with pytest.raises(RuntimeError, match="the kernel set 'a' could not be timed: boom"):
+        bench_kernels.kernels_table(args)

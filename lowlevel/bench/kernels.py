@@ -1,6 +1,6 @@
 """`python -m lowlevel.bench kernels`: the training and inference steps, Keras' training steps and the
 matmul peak under each kernel set (lowlevel's default, TensorFlow's default on this CPU, Eigen,
-oneDNN capped at AVX2, one inter-op thread), each in a fresh process, since TensorFlow reads its
+oneDNN without AMX, oneDNN capped at AVX2, one inter-op thread), each in a fresh process, since TensorFlow reads its
 kernel settings once when it starts (lowlevel/kernels.py)."""
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def tensorflow_default_onednn(flags: set[str]) -> bool:
 def kernel_sets(flags: set[str]) -> list[tuple[str, dict]]:
     """(name, environment variables) of each kernel set `--kernels` measures on a CPU with these flags.
     Eigen is what TensorFlow runs by default on an AVX2-only CPU; oneDNN capped at AVX2 is what lowlevel
-    runs there (measured only on a CPU that has more than AVX2)."""
+    runs there (measured only on a CPU that has more than AVX2); on a CPU with AMX, oneDNN capped below
+    it is what an AVX-512 CPU without AMX runs (AMX multiplies bfloat16 and int8 matrices, not float32)."""
     tf_default = "1" if tensorflow_default_onednn(flags) else "0"
     sets = [("lowlevel's default", {}),
             (f"TensorFlow's default (TF_ENABLE_ONEDNN_OPTS={tf_default} on this CPU)",
@@ -31,6 +32,9 @@ def kernel_sets(flags: set[str]) -> list[tuple[str, dict]]:
             ("lowlevel's default, 1 inter-op thread", {"TF_NUM_INTEROP_THREADS": "1"})]
     if flags & {"avx512f", "avx_vnni"}:
         sets.insert(3, ("oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)", {"ONEDNN_MAX_CPU_ISA": "AVX2"}))
+    if flags & {"amx_tile", "amx_bf16"}:
+        sets.insert(3, ("oneDNN without AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)",
+                        {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}))
     return sets
 
 
@@ -58,10 +62,13 @@ def kernels_table(args) -> list[dict]:
                 "--alpha", str(args.alpha), "--steps", str(args.steps), "--repeats", str(args.repeats),
                 "--precision", args.precision] + (["--quick"] if args.quick else [])
         out = subprocess.run(argv, env={**child, **env}, capture_output=True, text=True)
-        if out.returncode != 0:
-            last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        if out.returncode == 2:  # a setting these kernels refuse (bfloat16 on oneDNN below AVX-512): its sentence
+            rows.append({"name": name, "env": env, "refused": last.removeprefix("error: ")})
+        elif out.returncode != 0:
             raise RuntimeError(f"the kernel set {name!r} could not be timed: {last}")
-        rows.append({"name": name, "env": env, **json.loads(out.stdout.strip().splitlines()[-1])})
+        else:
+            rows.append({"name": name, "env": env, **json.loads(out.stdout.strip().splitlines()[-1])})
     return rows
 
 
@@ -72,12 +79,18 @@ def run(args) -> int:
         return 0
     rows = kernels_table(args)
     flops = 6 * mult_adds(args.alpha)
-    ref = rows[0]["train_images_per_s"]
+    timed = [r for r in rows if "refused" not in r]
+    if not timed:
+        raise RuntimeError(f"no kernel set could run {args.precision}: {rows[0]['refused']}")
+    ref = timed[0]["train_images_per_s"]
     print(f"MobileNet v1, alpha {args.alpha:g}, batch {args.batch_size}, 32x32, {args.precision}, {args.steps} steps "
           f"per timed call, best of {args.repeats}; each kernel set in a fresh process")
     print(f"{'kernel set':<62s} {'kernels':<28s} {'matmul':>7s} {'train':>7s} {'% peak':>6s} {'vs 1st':>6s} "
           f"{'Keras':>7s} {'ratio':>6s} {'infer':>7s} {'Keras':>7s}")
     for r in rows:
+        if "refused" in r:
+            print(f"{r['name']:<62s} refused: {r['refused']}")
+            continue
         share = 100 * flops * r["train_images_per_s"] / (r["matmul_gflops"] * 1e9)
         print(f"{r['name']:<62s} {r['kernels']:<28s} {r['matmul_gflops']:7.1f} {r['train_images_per_s']:7.1f} "
               f"{share:6.1f} {r['train_images_per_s'] / ref:5.2f}x {r['keras_train_images_per_s']:7.1f} "
