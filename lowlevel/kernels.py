@@ -42,6 +42,11 @@ ISAS = [
 ]
 
 
+# oneDNN's bfloat16 convolutions need AVX-512 (emulated on avx512_core, native from avx512_core_bf16); below
+# it oneDNN cannot create them, while Eigen has bfloat16 kernels on every CPU
+BFLOAT16_ISAS = ("avx512_core", "avx512_core_vnni", "avx512_core_bf16", "avx512_core_amx")
+
+
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); empty where there is none."""
     if cpuinfo is None:
@@ -102,6 +107,14 @@ def describe() -> dict:
     return {"library": "oneDNN" if on else "Eigen",
             "isa": onednn_isa(cpu_flags(), os.environ.get("ONEDNN_MAX_CPU_ISA")) if on else "",
             "intra_op": intra, "inter_op": inter, "chosen_by": chosen}
+
+
+def bfloat16_problem(d: dict | None = None) -> str:
+    """Why these kernels cannot run a bfloat16 network, in a clause ("" if they can)."""
+    d = d or describe()
+    if d["library"] == "oneDNN" and d["isa"] not in BFLOAT16_ISAS:
+        return f"oneDNN on this CPU ({d['isa']}) has no bfloat16 convolutions"
+    return ""
 
 
 def short(d: dict | None = None) -> str:

@@ -31,8 +31,8 @@ from lowlevel.files import atomic_write, check_writable, lock, refuse_if_locked,
 __all__ = ["DamagedCheckpoint", "DamagedState", "checkpoints_in", "has_normalization", "intact", "latest", "names",
            "read_state", "set_aside_after", "step_of", "verify", "ConfigError", "RunError", "WriteError",
            "first_line", "atomic_write", "check_writable", "lock", "refuse_if_locked", "write_text", "find_run",
-           "run_config", "inherited", "start_from", "open_run", "command", "locate", "build_model", "Loaded",
-           "load"]
+           "run_config", "inherited", "start_from", "open_run", "discard_unstarted", "command", "locate", "build_model",
+           "Loaded", "load"]
 
 
 # ---------------------------------------------------------------- a run to train
@@ -129,6 +129,15 @@ def open_run(cfg: Config, run: Path):
     return held
 
 
+def discard_unstarted(run: Path) -> None:
+    """Remove a run folder that holds only what open_run wrote (config.json, the lock): a run whose
+    settings were refused before its first step, so that the corrected command can use its name."""
+    if run.is_dir() and {p.name for p in run.iterdir()} <= {"config.json", ".lock"}:
+        for name in ("config.json", ".lock"):
+            (run / name).unlink(missing_ok=True)
+        run.rmdir()
+
+
 def command(run: Path, *extra: str) -> str:
     """The command that continues this run, ready to paste into a shell."""
     words = ["python", "-m", "lowlevel.train", "--checkpoint-dir", str(run.parent), "--run-name", run.name,
@@ -161,8 +170,13 @@ def build_model(cfg: Config, num_classes: int, input_shape=(32, 32, 3), steps_pe
     """The model a run's config describes, for images of input_shape (H, W, C) (the one place that
     turns config.json into a network); with --qat, as its int8 network (quantize.Quantized, whose batch
     norms freeze after qat_freeze_bn * steps_per_epoch training steps).  A shape the network cannot take
-    is a ConfigError."""
-    from lowlevel import nets, quantize
+    is a ConfigError, and so is bfloat16 on kernels that have no bfloat16 convolutions."""
+    from lowlevel import kernels, nets, quantize
+
+    if cfg.precision == "bfloat16" and kernels.bfloat16_problem():
+        raise ConfigError(f"--precision bfloat16: {kernels.bfloat16_problem()}; train in float32 (the default; "
+                          f"TensorFlow's Eigen kernels, TF_ENABLE_ONEDNN_OPTS=0, have bfloat16 but train about 12x "
+                          f"slower).")
 
     try:
         net = nets.build(cfg.model, tuple(input_shape), num_classes, alpha=cfg.alpha, dropout=cfg.dropout,
@@ -204,13 +218,17 @@ def load(path: str | Path, best: bool = False, data_path: str = "", precision: s
     Errors (RunError, ConfigError, datasets.DataError) are one sentence."""
     from lowlevel._tf import tf
 
-    from lowlevel import datasets, pipeline
+    from lowlevel import datasets, kernels, pipeline
 
     run, prefix = locate(path, best)
     if not (run / "config.json").is_file():
         raise RunError(f"{run}: has no config.json, so the model cannot be rebuilt; "
                        f"give a run folder written by python -m lowlevel.train.")
     cfg = Config.from_json(run / "config.json")
+    note = ""
+    if not precision and cfg.precision == "bfloat16" and kernels.bfloat16_problem():
+        precision = "float32"  # the same variables; only the convolutions' arithmetic is finer
+        note = f"note: {run} was trained in bfloat16, measured here in float32: {kernels.bfloat16_problem()}"
     if precision:
         cfg = dataclasses.replace(cfg, precision=precision)
     verify(prefix)
@@ -221,14 +239,13 @@ def load(path: str | Path, best: bool = False, data_path: str = "", precision: s
     weights = weights or ("averaged" if cfg.ema else "trained")
     model = build_model(cfg, len(data.label_names), data.train_images.shape[1:])
     objects = {"averaged" if weights == "averaged" else "model": model}
-    note = ""
     if has_normalization(prefix):
         norm = objects["normalization"] = pipeline.Normalization.placeholder(data.train_images.shape[-1])
     else:  # a run from before the statistics were saved: recompute them as it did
         train_x, _, _, _ = pipeline.split_validation(data.train_images, data.train_labels, cfg.val_size)
         norm = pipeline.Normalization.of(train_x)
-        note = (f"note: {prefix} predates saved normalization statistics; they were recomputed from "
-                f"{data_path or cfg.data or 'data'}")
+        note = "\n".join(filter(None, [note, f"note: {prefix} predates saved normalization statistics; they "
+                                            f"were recomputed from {data_path or cfg.data or 'data'}"]))
     try:
         tf.train.Checkpoint(**objects).read(str(prefix)).assert_existing_objects_matched().expect_partial()
     except (AssertionError, ValueError, tf.errors.OpError) as e:

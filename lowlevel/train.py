@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lowlevel import datasets, distribute, errors, loop, runs
 from lowlevel.config import Config
-from lowlevel.errors import RunError, WriteError
+from lowlevel.errors import ConfigError, RunError, WriteError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +40,14 @@ def train(argv: list[str] | None) -> int:
         if not chief:  # another worker of a multi-worker run: it reads the run folder, writes a temporary one
             with tempfile.TemporaryDirectory(prefix="lowlevel-worker-") as scratch:
                 return loop.run(cfg, run, data, strategy, out=Path(scratch))
-        with runs.open_run(cfg, run):
-            return loop.run(cfg, run, data, strategy)
+        new = not run.exists()
+        try:
+            with runs.open_run(cfg, run):
+                return loop.run(cfg, run, data, strategy)
+        except ConfigError:  # refused before the first step: the same command, corrected, starts afresh
+            if new:
+                runs.discard_unstarted(run)
+            raise
     except WriteError as e:
         raise RunError(f"{e}; {after_write_error(e, run)}") from None
 

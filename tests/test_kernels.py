@@ -57,6 +57,11 @@ def test_tensorflows_own_rule_turns_onednn_on_only_for_vnni_bf16_or_amx():
     assert "TensorFlow's default (TF_ENABLE_ONEDNN_OPTS=0 on this CPU)" in names
     assert not any("AVX2)" in n for n in names)  # an AVX2-only CPU: capping at AVX2 changes nothing
     assert any("ONEDNN_MAX_CPU_ISA=AVX2" in n for n, _ in bench.kernel_sets(kernels.cpu_flags(AVX512_BF16)))
+    assert not any("AMX" in n for n, _ in bench.kernel_sets(kernels.cpu_flags(AVX512_BF16)))
+    amx_flags = kernels.cpu_flags(AVX512_BF16) | {"amx_tile", "amx_bf16", "amx_int8"}
+    without = dict(bench.kernel_sets(amx_flags))["oneDNN without AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)"]
+    assert kernels.onednn_isa(amx_flags) == "avx512_core_amx"
+    assert kernels.onednn_isa(amx_flags, without["ONEDNN_MAX_CPU_ISA"]) == "avx512_core_bf16"  # a CPU without AMX
 
 
 @pytest.mark.slow
@@ -75,7 +80,9 @@ def test_onednn_is_on_by_default_and_the_users_setting_wins():
 VERBOSE = {"avx2": "Intel AVX2", "avx2_vnni": "Intel AVX2 with Intel DL Boost",
            "avx512_core": "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions",
            "avx512_core_vnni": "Intel AVX-512 with Intel DL Boost",
-           "avx512_core_bf16": "Intel AVX-512 with Intel DL Boost and bfloat16 support"}
+           "avx512_core_bf16": "Intel AVX-512 with Intel DL Boost and bfloat16 support",
+           "avx512_core_amx": "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support and Intel AMX with "
+                              "bfloat16 and 8-bit integer support"}
 
 
 @pytest.mark.slow
@@ -90,3 +97,38 @@ def test_the_named_instruction_set_is_the_one_onednn_reports(limit):
         assert reported[0] == VERBOSE[d["isa"]], (d, reported)
     if limit:
         assert d["isa"] == "avx2" and reported[0] == "Intel AVX2"
+
+
+def test_bfloat16_needs_onednn_at_avx512_or_eigen():
+    """oneDNN creates bfloat16 convolutions from avx512_core on (measured: under ONEDNN_MAX_CPU_ISA=AVX2
+    or AVX2_VNNI TensorFlow aborts the first one); Eigen has them everywhere."""
+    def problem(library, isa):
+        return kernels.bfloat16_problem({"library": library, "isa": isa, "intra_op": 2, "inter_op": 2})
+
+    assert problem("oneDNN", "avx2") == "oneDNN on this CPU (avx2) has no bfloat16 convolutions"
+    assert problem("oneDNN", "avx2_vnni") and problem("oneDNN", "avx")
+    assert not problem("oneDNN", "avx512_core") and not problem("oneDNN", "avx512_core_amx")
+    assert not problem("Eigen", "")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not X86 or not {"avx512f", "avx512bw"} <= kernels.cpu_flags(), reason="needs AVX-512 to train "
+                    "the bfloat16 run that an AVX2 CPU's kernels then refuse")
+def test_on_avx2_kernels_bfloat16_training_is_one_sentence_and_a_bfloat16_run_evaluates_in_float32(tmp_path, data,
+                                                                                                   cli):
+    from conftest import TINY, one_error, run_module
+
+    assert cli("train", tmp_path, "--data", data, "--run-name", "bf", "--epochs", "1", "--max-steps", "3",
+               "--precision", "bfloat16", *TINY)[0] == 0
+    avx2 = dict(ENV, ONEDNN_MAX_CPU_ISA="AVX2")  # what oneDNN runs on an AVX2 CPU
+    trained = subprocess.run([sys.executable, "-m", "lowlevel.train", "--data", str(data), "--run-name", "bf2",
+                              "--epochs", "1", "--precision", "bfloat16", *TINY], cwd=tmp_path, env=avx2,
+                             capture_output=True, text=True, timeout=600)
+    one_error(trained.returncode, trained.stderr, "--precision bfloat16: oneDNN on this CPU (avx2) has no bfloat16 "
+              "convolutions; train in float32", "TF_ENABLE_ONEDNN_OPTS=0, have bfloat16 but train about 12x slower")
+    assert not (tmp_path / "checkpoints" / "bf2").exists()  # refused before its first step: the name is free
+    evaluated = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", "checkpoints/bf"],
+                               cwd=tmp_path, env=avx2, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "was trained in bfloat16, measured here in float32: oneDNN on this CPU (avx2)" in evaluated.stdout
+    assert "test accuracy" in evaluated.stdout

@@ -245,8 +245,9 @@ def test_model_and_dataset_flags_are_checked_in_one_sentence(tmp_path, data, cli
     one_error(*cli("train", tmp_path, "--data", data, "--model", "resnet")[::2], "--model must be mobilenet, ")
     one_error(*cli("train", tmp_path, "--data", data, "--dataset", "mnist")[::2], "--dataset must be cifar10, ")
     one_error(*cli("train", tmp_path, "--data", data, "--model", "inception-v2", "--dataset", "cifar10", "--epochs", "1",
-                   "--batch-size", "8", "--val-size", "20")[::2], "--model inception-v2 on --dataset cifar10: 32x32 images "
-                                                                  "are too small")
+                   "--batch-size", "8", "--val-size", "20", "--run-name", "big")[::2],
+              "--model inception-v2 on --dataset cifar10: 32x32 images are too small")
+    assert not (tmp_path / "checkpoints" / "big").exists()  # refused before its first step: the name stays free
 
 
 @pytest.mark.slow
