@@ -117,7 +117,7 @@ class Loop:
                   "(--precision bfloat16 is the CPU's 16-bit type)", flush=True)
 
     def check_finite(self) -> None:
-        if not bool(self.trainer.all_finite()):
+        if not self.trainer.all_finite():
             raise FloatingPointError(
                 f"a weight, moving statistic or optimizer slot became NaN or infinite by step {self.trainer.step}, "
                 f"so it was not saved and the last good checkpoint "

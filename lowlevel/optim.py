@@ -59,7 +59,8 @@ def kinds(model: tf.Module) -> dict[str, list[tf.Variable]]:
 
 def decay_mask(model: tf.Module, decayed) -> list[bool]:
     """For each of model.trainable_variables, whether its kind is one of `decayed`."""
-    chosen = {v.ref() for kind in decayed for v in kinds(model)[kind]}
+    found = kinds(model)
+    chosen = {v.ref() for kind in decayed for v in found[kind]}
     return [v.ref() in chosen for v in model.trainable_variables]
 
 

@@ -147,13 +147,13 @@ class Trainer(tf.Module):
 
         return tf.while_loop(lambda i, lr: i < n, body, [tf.constant(0), tf.constant(0.0)])[1]
 
-    @tf.function(autograph=False)
-    def all_finite(self) -> tf.Tensor:
-        """Whether every floating-point variable (weights, moving statistics, optimizer slots) is finite."""
+    def all_finite(self) -> bool:
+        """Whether every floating-point variable (weights, moving statistics, optimizer slots) is finite.
+        Checked in numpy, one read per variable: a compiled check would take longer to trace than to run."""
         averaged = list(self.average.variables) if self.average is not None else []
         state = [v for v in list(self.model.variables) + list(self.optimizer.variables) + averaged
                  if v.dtype.is_floating]
-        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in state])
+        return all(np.isfinite(v.numpy()).all() for v in state)
 
     @tf.function(autograph=False)
     def grad_norms(self, order, step) -> list[tf.Tensor]:
