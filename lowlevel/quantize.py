@@ -290,8 +290,9 @@ def layer_errors(model, batches: list) -> list[dict]:
     q = model if isinstance(model, Quantized) else Quantized(model, "per-channel")
     try:
         if q is not model:
+            calibrate = tf.function(q.calibrate, autograph=False)  # one trace for the batches, not eager passes
             for x in batches:
-                q.calibrate(x)
+                calibrate(x)
         rows = []
         for name, conv, bn in q.conv_layers():
             depthwise = isinstance(conv, DepthwiseConv2D)
