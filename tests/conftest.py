@@ -70,13 +70,17 @@ def run_here(module, cwd, *args, check=True):
     return result
 
 
-def run_printed(line, cwd, marker):
-    """Run the command a lowlevel command printed after `marker`, exactly as printed (`python` being this one)."""
+def run_printed(line, cwd, marker, process=False):
+    """Run the command a lowlevel command printed after `marker`, exactly as printed: its words as the shell
+    splits them, `python -m lowlevel.<module> ARGS`, given to that module's main in this process (run_here),
+    or with process=True run as a new process (`python` being this one)."""
     assert marker in line, line
     words = shlex.split(line.split(marker, 1)[1].strip())
-    assert words[:2] == ["python", "-m"], words
-    return subprocess.run([sys.executable, *words[1:]], cwd=cwd, capture_output=True, text=True, env=ENV,
-                          timeout=600)
+    assert words[:2] == ["python", "-m"] and words[2].startswith("lowlevel."), words
+    if process:
+        return subprocess.run([sys.executable, *words[1:]], cwd=cwd, capture_output=True, text=True, env=ENV,
+                              timeout=600)
+    return run_here(words[2].removeprefix("lowlevel."), cwd, *words[3:], check=False)
 
 
 def weights(prefix):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import fakecifar
-from conftest import ENV, one_error, run_module, run_printed
+from conftest import ENV, one_error, run_here, run_printed
 from lowlevel import errors, history, runs
 
 pytestmark = pytest.mark.slow  # most cases damage a copy of a trained run
@@ -30,7 +30,7 @@ def test_a_truncated_state_file_is_refused_and_the_printed_command_continues(fin
     state = finished / "checkpoint"
     state.write_bytes(state.read_bytes()[:100])  # head -c 100: the first line whole, a later one cut
     rows = finished.joinpath("history.csv").read_text()
-    out = run_module("train", finished.parent.parent, "--run-name", "straight", "--resume", check=False)
+    out = run_here("train", finished.parent.parent, "--run-name", "straight", "--resume", check=False)
     line = one_error(out.returncode, out.stderr, "checkpoint: the list of checkpoints cannot be read",
                      "ckpt-30", "--from-checkpoint ckpt-30")
     assert finished.joinpath("history.csv").read_text() == rows  # nothing rewritten, nothing started

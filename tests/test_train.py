@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from lowlevel import datasets
 
-from conftest import ENV, STRAIGHT, TINY, one_error, run_here, run_module, run_printed, same_run
+from conftest import ENV, STRAIGHT, TINY, one_error, run_here, run_printed, same_run
 
 
 def train(cwd, *args, check=True):
@@ -34,13 +34,13 @@ def test_a_run_writes_its_folder_and_the_printed_evaluate_command_agrees(straigh
     assert out.splitlines()[1].startswith("kernels: ")  # the kernels, among the first lines
     assert history.kernels.str.contains(":").all()  # and per epoch, e.g. oneDNN:avx2:2x2
     reported = float(out.split("test accuracy ")[1].split("%")[0])
-    ev = run_printed(out.strip().splitlines()[-1], run.parent.parent, "evaluate with:")
+    ev = run_printed(out.strip().splitlines()[-1], run.parent.parent, "evaluate with:", process=True)
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert float(ev.stdout.split("test accuracy ")[1].split("%")[0]) == reported
     assert "ckpt-30: test loss" in ev.stdout and "airplane" in ev.stdout
     assert (run / "ckpt-30-test-confusion.csv").exists() and (run / "ckpt-30-test-confusion.png").exists()
     assert pd.read_csv(run / "ckpt-30-test-confusion.csv", index_col=0).values.sum() == 30
-    best = run_module("evaluate", run.parent.parent, "--checkpoint", run, "--best")
+    best = run_here("evaluate", run.parent.parent, "--checkpoint", run, "--best")
     assert "best/ckpt-" in best.stdout
 
 
