@@ -14,10 +14,9 @@ pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_quick_benchmark_prints_the_json_last(precision):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "--quick", "--precision", precision],
-                            capture_output=True, text=True, env=env, timeout=600)
+def test_quick_benchmark_prints_the_json_last(tmp_path, precision):
+    from conftest import run_here
+    result = run_here("bench", tmp_path, "--quick", "--precision", precision, check=False)  # in this process
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert last["precision"] == precision
@@ -51,7 +50,7 @@ def test_flops_per_image_matches_the_notes():
 
 
 def test_profile_by_op_type():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # a process of its own: it turns eager off
     result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "profile", "--quick"], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -143,8 +143,7 @@ def test_bfloat16_run_trains_evaluates_and_keeps_its_precision(tmp_path, data):
     run = tmp_path / "checkpoints" / "b"
     assert json.loads((run / "config.json").read_text())["precision"] == "bfloat16"
     reported = float(out.split("test accuracy ")[1].split("%")[0])
-    ev = subprocess.run([sys.executable, "-m", "lowlevel.evaluate", "--checkpoint", str(run)], cwd=tmp_path,
-                        capture_output=True, text=True, env=ENV, timeout=300)
+    ev = run_here("evaluate", tmp_path, "--checkpoint", run, check=False)
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert float(ev.stdout.split("test accuracy ")[1].split("%")[0]) == reported
     again = train(tmp_path, "--run-name", "b", "--resume", "--precision", "float32", "--epochs", "1", check=False)
