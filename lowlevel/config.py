@@ -26,6 +26,7 @@ from lowlevel.datasets import DATASETS
 from lowlevel.errors import ConfigError
 from lowlevel.nets import NETS
 
+TTA = ("none", "flip", "flip-shift")  # test-time augmentation: lowlevel.step.log_probabilities
 # a --qat run fine-tunes a trained one (docs/quantization.md): a few epochs at a small learning rate; at
 # the float run's 0.1 a tiny EfficientNet-B0 broke down once its batch norms froze
 QAT_DEFAULTS = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0}
@@ -76,8 +77,9 @@ class Config:
     label_smoothing: float = _f(0.1, "weight of the uniform distribution mixed into the one-hot targets")
     ema: float = _f(0.0, "decay of an exponential moving average of the weights (lowlevel/ema.py), which then "
                          "serves validation, the best checkpoint, the test, evaluate and export; 0: none")
-    tta: str = _f("none", "test-time augmentation of validation and the final test: none, or flip (the mean "
-                          "of the softmax over each image and its mirror image)", choices=("none", "flip"))
+    tta: str = _f("none", "test-time augmentation of validation and the final test: none; flip (the mean of "
+                          "the softmax over each image and its mirror image); flip-shift (also over both moved "
+                          "by one pixel up, down, left and right: 10 views)", choices=TTA)
     # the model
     model: str = _f("mobilenet", "the network, one of: " + ", ".join(NETS) + " (python -m lowlevel.summary "
                                  "--model NAME shows its layers)", choices=tuple(NETS))

@@ -1,8 +1,10 @@
-"""`python -m lowlevel.evaluate`: restore a checkpoint and measure it on its data set's test images.
+"""`python -m lowlevel.evaluate`: restore a checkpoint and measure it on its data set's test images (or on its
+run's held-out validation images, to choose a setting).
 
     python -m lowlevel.evaluate --checkpoint checkpoints/RUN           # the run's latest checkpoint
     python -m lowlevel.evaluate --checkpoint checkpoints/RUN --best    # its best by validation accuracy
     python -m lowlevel.evaluate --checkpoint checkpoints/RUN/ckpt-390  # one checkpoint
+    python -m lowlevel.evaluate --checkpoint checkpoints/RUN --validation --tta flip-shift  # choose on validation
 
     python -m lowlevel.evaluate --model checkpoints/RUN/export/int8.tflite      # an exported model
     python -m lowlevel.evaluate --model checkpoints/RUN/export/savedmodel
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lowlevel import errors, kernels, runs
-from lowlevel.config import Parser
+from lowlevel.config import TTA, Parser
 
 
 def parser() -> Parser:
@@ -34,9 +36,13 @@ def parser() -> Parser:
     p.add_argument("--weights", choices=("averaged", "trained"), default=None,
                    help="with a checkpoint of a run trained with --ema: its moving average of the weights "
                         "(the default) or the trained weights themselves")
-    p.add_argument("--tta", choices=("none", "flip"), default=None,
-                   help="with a checkpoint: test-time augmentation, none or flip (the mean of the softmax over "
-                        "each image and its mirror image); default: the run's --tta")
+    p.add_argument("--tta", choices=TTA, default=None,
+                   help="with a checkpoint: test-time augmentation, none, flip (the mean of the softmax over "
+                        "each image and its mirror image) or flip-shift (also over both moved by one pixel up, "
+                        "down, left and right); default: the run's --tta")
+    p.add_argument("--validation", action="store_true",
+                   help="with a checkpoint: measure the run's held-out validation images (the split it trained "
+                        "with) instead of the test images, to choose a setting without looking at the test set")
     p.add_argument("--data", default="", help="the data set's folder or its parent (default: the run's --data)")
     p.add_argument("--dataset", default="", help="with --model and no export.json beside it: the data set "
                                                  "(default cifar10)")
@@ -51,27 +57,43 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.agree_with and not args.model:
         p.error("--agree-with compares an exported --model with another model; add --model")
+    if args.validation and args.model:
+        p.error("--validation measures a checkpoint on its run's validation images; give --checkpoint, not --model")
     if args.model:
         return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate_exported(
             args.model, args.data, args.dataset, agree_with=args.agree_with))
     return errors.as_command("python -m lowlevel.evaluate", lambda: evaluate(
-        args.checkpoint, args.best, args.data, args.weights or "", args.tta))
+        args.checkpoint, args.best, args.data, args.weights or "", args.tta, args.validation))
 
 
 def evaluate(checkpoint: str, best: bool = False, data_path: str = "", weights: str = "",
-             tta: str | None = None) -> int:
+             tta: str | None = None, validation: bool = False) -> int:
+    from lowlevel import pipeline
     from lowlevel.step import evaluator
 
     loaded = runs.load(checkpoint, best, data_path, weights=weights)
-    tta = loaded.config.tta if tta is None else tta
-    runs.check_writable(loaded.prefix.parent)  # the reports go beside the checkpoint: fail before the work
+    cfg, data, prefix = loaded.config, loaded.data, loaded.prefix
+    tta = cfg.tta if tta is None else tta
+    if validation and not cfg.val_size:
+        raise runs.RunError(f"{loaded.run}: was trained with --val-size 0, so it holds no validation images; "
+                            f"leave out --validation to measure the test images.")
+    if not validation:
+        runs.check_writable(prefix.parent)  # the reports go beside the checkpoint: fail before the work
     print(kernels.line())
     if loaded.note:
         print(loaded.note)
-    data, prefix = loaded.data, loaded.prefix
-    loss, accuracy, preds = evaluator(loaded.model, loaded.normalization, tta)(data.test_images, data.test_labels)
-    measured = (["averaged weights"] if loaded.weights == "averaged" else []) + ([f"{tta} TTA"] if tta != "none" else [])
-    report(data, preds, prefix, f"{', '.join(measured)}{': ' if measured else ''}test loss {loss:.4f}, ")
+    measure = evaluator(loaded.model, loaded.normalization, tta)
+    measured = ["averaged weights"] if loaded.weights == "averaged" else []
+    measured += [f"{tta} TTA"] if tta != "none" else []
+    said = f"{', '.join(measured)}{': ' if measured else ''}"
+    if validation:  # the images the run held out, split as lowlevel.loop splits them
+        _, _, images, labels = pipeline.split_validation(data.train_images, data.train_labels, cfg.val_size)
+        loss, accuracy, _ = measure(images, labels)
+        print(f"{prefix}: {said}validation loss {loss:.4f}, validation accuracy {100 * accuracy:.2f}% "
+              f"({len(labels)} images)")
+        return 0
+    loss, accuracy, preds = measure(data.test_images, data.test_labels)
+    report(data, preds, prefix, f"{said}test loss {loss:.4f}, ")
     return 0
 
 

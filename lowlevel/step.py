@@ -165,19 +165,41 @@ class Trainer(tf.Module):
             loss = cross_entropy(self.model(x, training=False), y, self.cfg.label_smoothing)
         return [tf.norm(g) for g in tape.gradient(loss, kernels)]
 
-def log_probabilities(model, x, tta: str = "none") -> tf.Tensor:
-    """log p [B, K] for images x [B, H, W, C], in inference mode (batch norms folded):
 
-        tta "none":  p = softmax(f(x))
-        tta "flip":  p = (softmax(f(x)) + softmax(f(mirror(x)))) / 2,   mirror(x)[:, i, j] = x[:, i, W-1-j]
+SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # flip-shift's moves (dy, dx): one pixel up, down, left, right
 
-    (the mean taken in log space: log p = logsumexp(log_softmax(f(x)), log_softmax(f(mirror(x)))) - log 2).
+
+def shifted(x: tf.Tensor, dy: int, dx: int, fill: tf.Tensor) -> tf.Tensor:
+    """x [B, H, W, C] moved by one pixel: out[:, i, j] = x[:, i + dy, j + dx] where that is inside the image,
+    fill [C] where it is not (the row or column moved in)."""
+    h, w = x.shape[1], x.shape[2]
+    rolled = tf.roll(x, shift=[-dy, -dx], axis=[1, 2])  # rolled[:, i, j] = x[:, (i + dy) % H, (j + dx) % W]
+    i, j = tf.range(h)[:, None] + dy, tf.range(w)[None, :] + dx
+    inside = (i >= 0) & (i < h) & (j >= 0) & (j < w)  # [H, W]
+    return tf.where(inside[None, :, :, None], rolled, tf.cast(fill, x.dtype))
+
+
+def log_probabilities(model, x, tta: str = "none", fill=None) -> tf.Tensor:
+    """log p [B, K] for images x [B, H, W, C], in inference mode (batch norms folded), p the mean of
+    softmax(f(v)) over the views v of x that `tta` names:
+
+        tta "none":        x
+        tta "flip":        x and mirror(x),   mirror(x)[:, i, j] = x[:, i, W-1-j]
+        tta "flip-shift":  those two, and each moved by one pixel up, down, left and right (`shifted`,
+                           `SHIFTS`; the pixels moved in are `fill` [C], the normalized black that
+                           training's crops pad with): 10 views
+
+    (the mean taken in log space: log p = logsumexp over views of log_softmax(f(v)) - log(views)).
     """
-    log_p = tf.nn.log_softmax(tf.cast(model.inference(x), tf.float32))
-    if tta == "flip":
-        mirrored = tf.nn.log_softmax(tf.cast(model.inference(tf.reverse(x, axis=[2])), tf.float32))
-        log_p = tf.reduce_logsumexp(tf.stack([log_p, mirrored]), axis=0) - np.log(2.0).astype(np.float32)
-    return log_p
+    views = [x]
+    if tta in ("flip", "flip-shift"):
+        views.append(tf.reverse(x, axis=[2]))
+    if tta == "flip-shift":
+        views += [shifted(v, dy, dx, fill) for v in views for dy, dx in SHIFTS]
+    log_p = [tf.nn.log_softmax(tf.cast(model.inference(v), tf.float32)) for v in views]
+    if len(log_p) == 1:
+        return log_p[0]
+    return tf.reduce_logsumexp(tf.stack(log_p), axis=0) - np.log(len(log_p)).astype(np.float32)
 
 
 def evaluator(model, norm: pipeline.Normalization, tta: str = "none", batch_size: int = 500):
@@ -189,12 +211,13 @@ def evaluator(model, norm: pipeline.Normalization, tta: str = "none", batch_size
 
     @tf.function(autograph=False, input_signature=spec)
     def run(images, labels):
+        fill = norm(tf.zeros([model.input_shape[-1]], tf.uint8))  # [C]: black, normalized (as restored)
         n = tf.shape(labels)[0]
         count = (n + batch_size - 1) // batch_size
 
         def body(k, loss_sum, preds):
             x, y = pipeline.eval_batch(images, labels, norm, k, batch_size)
-            log_p = log_probabilities(model, x, tta)  # [B, K]
+            log_p = log_probabilities(model, x, tta, fill)  # [B, K]
             nll = -tf.gather(log_p, y, batch_dims=1)  # [B]
             return (k + 1, loss_sum + tf.reduce_sum(tf.cast(nll, tf.float64)),
                     preds.write(k, tf.argmax(log_p, -1, tf.int32)))

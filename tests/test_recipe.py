@@ -1,9 +1,11 @@
-"""The recipe's tricks: the weights' moving average, flip test-time augmentation, weight decay by kind
-of parameter, the one-cycle schedule; each against a closed form or a hand computation, and EMA through
-a stopped and resumed run."""
+"""The recipe's tricks: the weights' moving average, test-time augmentation (flip, flip-shift), weight
+decay by kind of parameter, the one-cycle schedule; each against a closed form or a hand computation, and
+EMA through a stopped and resumed run."""
 import json
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -98,6 +100,33 @@ def test_flip_tta_against_a_hand_computation():
     assert accuracy == pytest.approx(np.mean(p.argmax(1) == labels))
     _, _, some = evaluate(images[3:10], labels[3:10])  # another number of images: the same graph
     np.testing.assert_array_equal(some, preds[3:10])
+
+
+def test_flip_shift_tta_against_a_hand_computation():
+    """p = the mean softmax over 10 views: the image and its mirror, each also moved one pixel up, down,
+    left and right with black moved in (the uint8 zero padding of training's crops), then normalized."""
+    model = MobileNetV1(alpha=0.125)
+    rng = np.random.default_rng(4)
+    images, labels = rng.integers(1, 256, (7, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 7)
+    norm = pipeline.Normalization.of(images)
+    padded = np.pad(images, [(0, 0), (1, 1), (1, 1), (0, 0)])  # black all round, in uint8
+    views = []
+    for im in (padded, padded[:, :, ::-1]):  # the mirror of the padded image is the padded mirror
+        views += [im[:, 1:33, 1:33], im[:, 0:32, 1:33], im[:, 2:34, 1:33], im[:, 1:33, 0:32], im[:, 1:33, 2:34]]
+    assert sum(np.array_equal(v, images) for v in views) == 1 and not (views[1][:, 0] > 0).any()  # row 0 moved in
+    probs = []
+    for v in views:
+        z = model(norm(tf.constant(np.ascontiguousarray(v))), training=False).numpy().astype(np.float64)
+        probs.append(np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+    p = np.mean(probs, axis=0)
+    flip = np.mean([probs[0], probs[5]], axis=0)
+    assert np.abs(p - flip).max() > 1e-3  # the moved views change the answer
+    evaluate = step.evaluator(model, norm, "flip-shift", batch_size=4)
+    loss, accuracy, preds = evaluate(images, labels)  # batches of 4, 3
+    assert loss == pytest.approx(-np.mean(np.log(p[np.arange(7), labels])), rel=1e-4)
+    np.testing.assert_array_equal(preds, p.argmax(1))
+    got = step.log_probabilities(model, norm(tf.constant(images)), "flip-shift", norm(tf.zeros([3], tf.uint8)))
+    np.testing.assert_allclose(np.exp(got.numpy()), p, rtol=1e-4, atol=1e-6)
     assert evaluate.compiled.experimental_get_tracing_count() == 1
 
 
@@ -153,6 +182,18 @@ def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, d
     status, out, _ = cli("evaluate", tmp_path, "--checkpoint", runs / "s")
     assert status == 0 and "averaged weights, flip TTA: test loss" in out
     assert float(out.split("test accuracy ")[1].split("%")[0]) == reported
+    history = pd.read_csv(runs / "s" / "history.csv")  # the last row: epoch 3, ckpt-30, the run's weights and TTA
+    status, val, err = cli("evaluate", tmp_path, "--checkpoint", runs / "s", "--validation")
+    assert status == 0, err
+    assert f"averaged weights, flip TTA: validation loss {history.val_loss.iloc[-1]:.4f}, validation accuracy " \
+           f"{100 * history.val_accuracy.iloc[-1]:.2f}% (20 images)" in val
+    assert not list((runs / "s").glob("ckpt-30-validation*"))  # measured, not written
+    shutil.copytree(runs / "s", runs / "all")
+    config = json.loads((runs / "all" / "config.json").read_text())
+    (runs / "all" / "config.json").write_text(json.dumps({**config, "val_size": 0}))
+    one_error(*cli("evaluate", tmp_path, "--checkpoint", runs / "all", "--validation")[::2],
+              "all: was trained with --val-size 0, so it holds no validation images", "leave out --validation")
+    one_error(*cli("evaluate", tmp_path, "--model", runs / "all", "--validation")[::2], "give --checkpoint")
     status, trained, _ = cli("evaluate", tmp_path, "--checkpoint", runs / "s", "--weights", "trained", "--tta", "none")
     assert status == 0 and "ckpt-30: test loss" in trained
     assert trained.split("test loss ")[1].split(",")[0] != out.split("test loss ")[1].split(",")[0]
