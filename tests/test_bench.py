@@ -10,12 +10,13 @@ import pytest
 from lowlevel import bench
 from lowlevel.bench import kernels as bench_kernels, speed
 
+from conftest import run_here
+
 pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_quick_benchmark_prints_the_json_last(tmp_path, precision):
-    from conftest import run_here
     result = run_here("bench", tmp_path, "--quick", "--precision", precision, check=False)  # in this process
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
