@@ -60,6 +60,11 @@ class Normalization(tf.Module):
         x = tf.cast(images, tf.float32) / 255.0
         return (x - self.mean) / self.std
 
+    def black(self) -> tf.Tensor:
+        """float32 [C]: a black pixel normalized, (0 - mean) / std (what the zero padding of `augment`'s
+        crops becomes)."""
+        return (0.0 - self.mean) / self.std
+
 
 def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed: int = 0):
     """Hold `val_size` random training images out as a validation set.

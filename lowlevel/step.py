@@ -179,7 +179,7 @@ def shifted(x: tf.Tensor, dy: int, dx: int, fill: tf.Tensor) -> tf.Tensor:
     return tf.where(inside[None, :, :, None], rolled, tf.cast(fill, x.dtype))
 
 
-def log_probabilities(model, x, tta: str = "none", fill=None) -> tf.Tensor:
+def log_probabilities(model, x, tta: str = "none", fill: tf.Tensor | None = None) -> tf.Tensor:
     """log p [B, K] for images x [B, H, W, C], in inference mode (batch norms folded), p the mean of
     softmax(f(v)) over the views v of x that `tta` names:
 
@@ -187,10 +187,12 @@ def log_probabilities(model, x, tta: str = "none", fill=None) -> tf.Tensor:
         tta "flip":        x and mirror(x),   mirror(x)[:, i, j] = x[:, i, W-1-j]
         tta "flip-shift":  those two, and each moved by one pixel up, down, left and right (`shifted`,
                            `SHIFTS`; the pixels moved in are `fill` [C], the normalized black that
-                           training's crops pad with): 10 views
+                           training's crops pad with, `Normalization.black`): 10 views
 
     (the mean taken in log space: log p = logsumexp over views of log_softmax(f(v)) - log(views)).
     """
+    if tta == "flip-shift" and fill is None:
+        raise ValueError("tta flip-shift moves the images: give fill, e.g. Normalization.black().")
     views = [x]
     if tta in ("flip", "flip-shift"):
         views.append(tf.reverse(x, axis=[2]))
@@ -211,7 +213,7 @@ def evaluator(model, norm: pipeline.Normalization, tta: str = "none", batch_size
 
     @tf.function(autograph=False, input_signature=spec)
     def run(images, labels):
-        fill = norm(tf.zeros([model.input_shape[-1]], tf.uint8))  # [C]: black, normalized (as restored)
+        fill = norm.black()  # [C], read when called: the statistics as restored
         n = tf.shape(labels)[0]
         count = (n + batch_size - 1) // batch_size
 

@@ -125,7 +125,8 @@ def test_flip_shift_tta_against_a_hand_computation():
     loss, accuracy, preds = evaluate(images, labels)  # batches of 4, 3
     assert loss == pytest.approx(-np.mean(np.log(p[np.arange(7), labels])), rel=1e-4)
     np.testing.assert_array_equal(preds, p.argmax(1))
-    got = step.log_probabilities(model, norm(tf.constant(images)), "flip-shift", norm(tf.zeros([3], tf.uint8)))
+    np.testing.assert_array_equal(norm.black().numpy(), norm(tf.zeros([1, 1, 1, 3], tf.uint8)).numpy()[0, 0, 0])
+    got = step.log_probabilities(model, norm(tf.constant(images)), "flip-shift", norm.black())
     np.testing.assert_allclose(np.exp(got.numpy()), p, rtol=1e-4, atol=1e-6)
     assert evaluate.compiled.experimental_get_tracing_count() == 1
 
