@@ -100,6 +100,7 @@ def test_flip_tta_against_a_hand_computation():
     assert accuracy == pytest.approx(np.mean(p.argmax(1) == labels))
     _, _, some = evaluate(images[3:10], labels[3:10])  # another number of images: the same graph
     np.testing.assert_array_equal(some, preds[3:10])
+    assert evaluate.compiled.experimental_get_tracing_count() == 1
 
 
 def test_flip_shift_tta_against_a_hand_computation():
@@ -128,7 +129,8 @@ def test_flip_shift_tta_against_a_hand_computation():
     np.testing.assert_array_equal(norm.black().numpy(), norm(tf.zeros([1, 1, 1, 3], tf.uint8)).numpy()[0, 0, 0])
     got = step.log_probabilities(model, norm(tf.constant(images)), "flip-shift", norm.black())
     np.testing.assert_allclose(np.exp(got.numpy()), p, rtol=1e-4, atol=1e-6)
-    assert evaluate.compiled.experimental_get_tracing_count() == 1
+    with pytest.raises(ValueError, match="give fill"):  # without the moved-in value it cannot move the images
+        step.log_probabilities(model, norm(tf.constant(images)), "flip-shift")
 
 
 def test_weight_decay_groups_by_kind_of_parameter():
