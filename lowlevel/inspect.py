@@ -227,12 +227,15 @@ def check_choices(model, images: int, image: int, block: int, n: int) -> list:
 
 def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict, Blocks]:
     """The first n test images through the model: an Accumulator per convolution, every layer's
-    output [H, W, C] for test image `image`, and what the blocks hold inside (Blocks)."""
+    output [H, W, C] for test image `image`, and what the blocks hold inside (Blocks).  Compiled for
+    more than one batch; one batch runs eagerly (a trace would cost more than the pass)."""
     from lowlevel._tf import tf
 
     model, data = loaded.model, loaded.data
     layers = model.conv_layers()
-    tapped = tf.function(lambda x: model(x, training=False, taps="pre"), autograph=False)
+    tapped = lambda x: model(x, training=False, taps="pre")  # noqa: E731
+    if n > batch:
+        tapped = tf.function(tapped, autograph=False)
     stats = {name: Accumulator(conv.out_channels) for name, conv, _ in layers}
     example, blocks = None, Blocks()
     for start in range(0, n, batch):

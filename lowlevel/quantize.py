@@ -273,7 +273,7 @@ ROUNDED = {"output_sqnr_channel_db": (True, True, "per-channel"), "output_sqnr_t
            "output_sqnr_activations_db": (False, True, "per-channel")}
 
 
-def layer_errors(model, batches: list) -> list[dict]:
+def layer_errors(model, batches: list, compiled: bool | None = None) -> list[dict]:
     """lowlevel.inspect's quantization.csv: a row per convolution (and one for the logits) of
 
         weight_sqnr_channel_db, _tensor_db   SQNR of its folded weights W' rounded per channel / per tensor
@@ -284,13 +284,17 @@ def layer_errors(model, batches: list) -> list[dict]:
 
     over `batches` (normalized images [B, H, W, C]).  `model`: a --qat run's (Quantized: its learned
     ranges), or a float network, whose activation ranges are the min and max over the batches; none for a
-    network Quantized refuses (`unfoldable`)."""
+    network Quantized refuses (`unfoldable`).  `compiled`: each of the five passes traced once (tf.function)
+    or run eagerly; by default traced for more than one batch, where the trace pays for itself (for one
+    batch it costs more than the pass)."""
     if unfoldable(model):
         return []
+    traced = len(batches) > 1 if compiled is None else compiled
+    as_pass = (lambda f: tf.function(f, autograph=False)) if traced else (lambda f: f)
     q = model if isinstance(model, Quantized) else Quantized(model, "per-channel")
     try:
         if q is not model:
-            calibrate = tf.function(q.calibrate, autograph=False)  # one trace for the batches, not eager passes
+            calibrate = as_pass(q.calibrate)
             for x in batches:
                 calibrate(x)
         rows = []
@@ -303,7 +307,7 @@ def layer_errors(model, batches: list) -> list[dict]:
                 "input_hi": float(conv.quantization.input.hi.numpy())})
         rows.append({"layer": "logits", "input_lo": float(q.output.lo.numpy()), "input_hi": float(q.output.hi.numpy())})
         settings = {**ROUNDED, "float": (False, False, q.scheme)}
-        tapped = {column: _tapped(q, *setting) for column, setting in settings.items()}
+        tapped = {column: as_pass(_tapped(q, *setting)) for column, setting in settings.items()}
         signal, noise = np.zeros(len(rows)), {column: np.zeros(len(rows)) for column in ROUNDED}
         for x in batches:
             reference = tapped["float"](x)
@@ -323,7 +327,7 @@ def layer_errors(model, batches: list) -> list[dict]:
 
 
 def _tapped(q: Quantized, weights: bool, activations: bool, scheme: str):
-    """q(x, taps=True) compiled with these switches (read as it is traced)."""
+    """q(x, taps=True) with these switches (compiled: read as it is traced)."""
     def run(x):
         saved = q.weights, q.activations, q.scheme
         q.weights, q.activations, q.scheme = weights, activations, scheme
@@ -331,4 +335,4 @@ def _tapped(q: Quantized, weights: bool, activations: bool, scheme: str):
             return q(x, taps=True)
         finally:
             q.weights, q.activations, q.scheme = saved
-    return tf.function(run, autograph=False)
+    return run

@@ -243,6 +243,11 @@ def test_the_quantization_table_on_a_layer_whose_error_is_known():
     assert stem["input_hi"] == pytest.approx(max(float(tf.reduce_max(b)) for b in batches))
     assert len(rows) == len(net.conv_layers()) + 1 and np.isfinite(rows["logits"]["output_sqnr_channel_db"])
     assert all(m.quantization is None for m in net.submodules if hasattr(m, "quantization"))
+    eager = {r["layer"]: r for r in quantize.layer_errors(net, batches, compiled=False)}  # traced above: 2 batches
+    assert eager.keys() == rows.keys()
+    for layer, row in rows.items():
+        figures = {k: v for k, v in row.items() if k != "layer"}
+        assert {k: eager[layer][k] for k in figures} == pytest.approx(figures, rel=1e-4), layer
 
 
 @pytest.mark.slow
