@@ -74,10 +74,8 @@ class Accumulator:
         self.n = 0  # values per channel seen
         self.sum = self.sum_sq = 0.0  # over all values, for the mean and std
         self.zeros = self.sixes = 0
-        self.channel_max = np.full(channels, -np.inf)
-        self.channel_min = np.full(channels, np.inf)
-        self.in_sum = np.zeros(channels)
-        self.in_sum_sq = np.zeros(channels)
+        self.channel_max, self.channel_min = np.full(channels, -np.inf), np.full(channels, np.inf)
+        self.in_sum, self.in_sum_sq = np.zeros(channels), np.zeros(channels)  # of the batch norm's input
         self.histogram = np.zeros(len(HIST_BINS) - 1, np.int64)
 
     def add(self, output: np.ndarray, bn_input: np.ndarray) -> None:
@@ -227,15 +225,13 @@ def check_choices(model, images: int, image: int, block: int, n: int) -> list:
 
 def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict, Blocks]:
     """The first n test images through the model: an Accumulator per convolution, every layer's
-    output [H, W, C] for test image `image`, and what the blocks hold inside (Blocks).  Compiled for
-    more than one batch; one batch runs eagerly (a trace would cost more than the pass)."""
+    output [H, W, C] for test image `image`, and what the blocks hold inside (Blocks)."""
     from lowlevel._tf import tf
 
     model, data = loaded.model, loaded.data
     layers = model.conv_layers()
     tapped = lambda x: model(x, training=False, taps="pre")  # noqa: E731
-    if n > batch:
-        tapped = tf.function(tapped, autograph=False)
+    tapped = tf.function(tapped, autograph=False) if n > batch else tapped  # one batch: eager, cheaper than a trace
     stats = {name: Accumulator(conv.out_channels) for name, conv, _ in layers}
     example, blocks = None, Blocks()
     for start in range(0, n, batch):

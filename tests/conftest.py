@@ -38,9 +38,10 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), LOWLEVEL_CIFAR10_UR
 
 
 def run_module(module, cwd, *args, check=True, timeout=600):
-    """python -m lowlevel.<module> ARGS in cwd, in a new process."""
-    result = subprocess.run([sys.executable, "-m", f"lowlevel.{module}", *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, env=ENV, timeout=timeout)
+    """python -m lowlevel.<module> ARGS in cwd, in a process of its own (warm.run: forked with TensorFlow
+    already imported)."""
+    import warm
+    result = warm.run([sys.executable, "-m", f"lowlevel.{module}", *args], cwd, ENV, timeout)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result

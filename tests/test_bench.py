@@ -10,7 +10,8 @@ import pytest
 from lowlevel import bench
 from lowlevel.bench import kernels as bench_kernels, speed
 
-from conftest import run_here
+import warm
+from conftest import ENV, run_here
 
 pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
 
@@ -51,9 +52,7 @@ def test_flops_per_image_matches_the_notes():
 
 
 def test_profile_by_op_type():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # a process of its own: it turns eager off
-    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "profile", "--quick"], capture_output=True,
-                            text=True, env=env, timeout=600)
+    result = warm.run([sys.executable, "-m", "lowlevel.bench", "profile", "--quick"], ".", ENV)  # it turns eager off
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     ops = [line.split()[0] for line in lines[1:-1]]
@@ -80,9 +79,7 @@ def test_summaries_benchmark_times_training_with_and_without_them(capsys, monkey
 
 
 def test_strategy_benchmark_times_one_device_against_two_replicas():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([sys.executable, "-m", "lowlevel.bench", "strategy", "--quick"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = warm.run([sys.executable, "-m", "lowlevel.bench", "strategy", "--quick"], ".", ENV)  # 2 logical CPUs
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert last["replicas"] == 2

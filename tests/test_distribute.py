@@ -22,10 +22,11 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 def in_two_devices(code: str) -> dict:
-    """Run `code` after TWO_DEVICES in a new process (logical devices must be set before TensorFlow
-    starts); it prints one JSON object, returned."""
-    result = subprocess.run([sys.executable, "-c", TWO_DEVICES + textwrap.dedent(code)], capture_output=True,
-                            text=True, env=ENV, timeout=600)
+    """Run `code` after TWO_DEVICES in a process of its own (logical devices must be set before
+    TensorFlow's runtime starts; warm.run: TensorFlow imported, its runtime not started); it prints one
+    JSON object, returned."""
+    import warm
+    result = warm.run([sys.executable, "-c", TWO_DEVICES + textwrap.dedent(code)], ".", ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import killpoint
+import warm
 from conftest import ENV, STRAIGHT, one_error, run_printed, same_run
 
 pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
@@ -26,9 +27,8 @@ def test_a_kill_at_each_point_of_the_epoch_end_resumes_exactly(tmp_path, data, s
     history = pd.read_csv(straight[0] / "history.csv")
     assert history.val_accuracy[1] > history.val_accuracy[0]  # epoch 2 saves a best: both saves are exercised
     # every point is reached once per epoch's end here (the best is saved at epochs 1 and 2): the second time
-    killed = subprocess.run([sys.executable, str(HERE / "killpoint.py"), point, "2", "--data", data,
-                             "--run-name", "k", *STRAIGHT], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                            timeout=600)
+    killed = warm.run([sys.executable, HERE / "killpoint.py", point, "2", "--data", data, "--run-name", "k",
+                       *STRAIGHT], tmp_path, ENV)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
     status, out, err = cli("train", tmp_path, "--run-name", "k", "--resume")
     assert status == 0, err
