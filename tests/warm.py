@@ -16,12 +16,14 @@ import subprocess
 import sys
 import tempfile
 
-_context = None
+_context, _env = None, None
 
 
 def _start(env: dict) -> multiprocessing.context.BaseContext:
-    """The fork server, started once with `env` as its environment and TensorFlow imported."""
-    global _context
+    """The fork server, started once with `env` as its environment and TensorFlow imported (every
+    later call must give the same env: the server's import has already read it)."""
+    global _context, _env
+    assert _env is None or env == _env, "warm.run: one environment per test process (conftest.ENV)"
     if _context is None:
         from multiprocessing import forkserver
 
@@ -35,7 +37,7 @@ def _start(env: dict) -> multiprocessing.context.BaseContext:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        _context = context
+        _context, _env = context, dict(env)
     return _context
 
 
