@@ -257,10 +257,12 @@ def test_int8_input_that_would_be_rescaled_is_refused():
         export.to_tflite(module, "tflite-int8", dim)
 
 
-SHAPES = {"alexnet": (64, 64, 3), "vgg16": (32, 32, 3)}  # smaller than 224, as the networks allow
+SHAPES = {"alexnet": (64, 64, 3)}  # smaller than 224, as the networks allow
 
 
-@pytest.mark.parametrize("name", list(nets.NETS))
+# every network but VGG16: its rows (3x3 convolutions, max-pools, dense 4096 and dropout) are vgg-blocks'
+# and AlexNet's, and its 33.7M weights (at 32x32) would make it the slowest conversion
+@pytest.mark.parametrize("name", [n for n in nets.NETS if n != "vgg16"])
 def test_every_network_exports(name):
     """SavedModel function and float LiteRT equal the network; int8 converts with int8 convolutions."""
     entry = nets.NETS[name]
