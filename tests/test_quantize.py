@@ -1,6 +1,8 @@
 """Quantization-aware training (lowlevel/quantize.py): fake quantization and its straight-through gradient
 against their definitions, the folded batch norm against conv + batch norm, and a QAT run through
 train, resume and evaluate."""
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -170,21 +172,21 @@ def assert_int8_file_is_the_simulated_network(cwd, cli):
 
 @pytest.mark.slow
 def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8(tmp_path, colours, cli):
-    """train --from-run F --qat: the network and data set are F's, the weights start as F's; stopped and
-    resumed it ends with the very weights of the uninterrupted run; evaluate measures the rounded network,
-    export writes it as an int8 file (above); flags that contradict F or QAT are one sentence."""
+    """train --from-run F --qat: the network and data set are F's, the weights start as F's; continued from
+    an earlier checkpoint it ends with the very weights of the uninterrupted run; evaluate measures the
+    rounded network, export writes it as an int8 file (above); flags that contradict F or QAT are one
+    sentence."""
     data = colours[0].parent.parent / "cifar-10-batches-py"
     common = ["--data", data, "--batch-size", "20", "--val-size", "20", "--progress", "none", "--steps-per-call",
               "3", "--no-tensorboard", "--from-run", colours[0], *QAT]
-    assert cli("train", tmp_path, *common, "--run-name", "qat")[0] == 0
-    assert cli("train", tmp_path, *common[2:], "--run-name", "parts", "--max-steps", "12")[0] == 0  # F's --data
-    status, out, err = cli("train", tmp_path, "--run-name", "parts", "--resume")
-    assert status == 0, err
+    assert cli("train", tmp_path, *common[2:], "--run-name", "qat")[0] == 0  # without --data: F's
     run = tmp_path / "checkpoints"
+    shutil.copytree(run / "qat", run / "parts")
+    status, out, err = cli("train", tmp_path, "--run-name", "parts", "--resume", "--from-checkpoint", "ckpt-18")
+    assert status == 0 and "continuing from" in out, err  # epoch 3 again, after the batch norms were frozen
     assert_same_weights(run / "qat" / "ckpt-27", run / "parts" / "ckpt-27")
     config = (run / "qat" / "config.json").read_text()
-    assert '"alpha": 0.25' in config and '"qat": "per-channel"' in config
-    assert f'"data": "{data}"' in (run / "parts" / "config.json").read_text()
+    assert '"alpha": 0.25' in config and '"qat": "per-channel"' in config and f'"data": "{data}"' in config
     status, out, err = cli("evaluate", tmp_path, "--checkpoint", "checkpoints/qat")
     assert status == 0 and "test accuracy" in out, err
     assert_int8_file_is_the_simulated_network(tmp_path, cli)
