@@ -85,8 +85,8 @@ def test_every_whole_file_write_has_its_own_temporary_name(tmp_path, monkeypatch
 
 def test_resume_with_another_data_set_is_refused(tmp_path, data, cli):
     cwd = tmp_path
-    assert cli("train", cwd, "--data", data, "--run-name", "r", "--epochs", "2", "--max-steps", "10",
-               *__import__("conftest").TINY)[0] == 0
+    assert cli("train", cwd, "--data", data, "--run-name", "r", *__import__("conftest").SMALL, "--epochs", "2",
+               "--max-steps", "10")[0] == 0
     other = tmp_path / "other" / "cifar-10-batches-py"
     fakecifar.write(other, "py2", per_batch=24, seed=1)  # other images, another count
     history_before = (cwd / "checkpoints" / "r" / "history.csv").read_text()
@@ -136,9 +136,10 @@ def test_plots_names_a_damaged_history_in_one_sentence(finished, cli, case):
     one_error(status, err, f"history.csv: {DAMAGES[case][1]}")
 
 
-def test_resume_sets_a_damaged_history_aside_and_keeps_its_good_rows(tmp_path, data, straight, cli):
+def test_resume_sets_a_damaged_history_aside_and_keeps_its_good_rows(tmp_path, data, small, cli):
+    from conftest import SMALL, SMALL_VALUES, same_run
     cwd = tmp_path
-    args = ["--data", data, "--run-name", "h", "--epochs", "3", *__import__("conftest").TINY]
+    args = ["--data", data, "--run-name", "h", *SMALL]
     assert cli("train", cwd, *args, "--max-steps", "20")[0] == 0
     path = cwd / "checkpoints" / "h" / "history.csv"
     damaged = path.read_text() + "3,30,2.0"  # a truncated third row
@@ -147,8 +148,7 @@ def test_resume_sets_a_damaged_history_aside_and_keeps_its_good_rows(tmp_path, d
     assert status == 0 and "note: " in out and "line 4 has 3 fields" in out and "its 2 good rows" in out, err
     assert [p.read_text() for p in (cwd / "checkpoints" / "h").glob("set-aside-*/history.csv")] == [damaged]
     assert [r["epoch"] for r in history.read(path)] == [1, 2, 3]
-    from conftest import same_run
-    same_run(cwd / "checkpoints" / "h", straight[0])
+    same_run(cwd / "checkpoints" / "h", small[0], SMALL_VALUES)
 
 
 # ---------------------------------------------------------------- 5. one sentence, never a traceback

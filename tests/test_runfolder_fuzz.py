@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY, run_here
+from conftest import SMALL, run_here
 from lowlevel import history, runs
 
 pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
@@ -34,15 +34,15 @@ COMMANDS = {
 def other(tmp_path_factory, data):
     """Another finished run of the same shape (seed 1): its files stand in for the first run's."""
     cwd = tmp_path_factory.mktemp("other")
-    run_here("train", cwd, "--data", data, "--run-name", "o", "--epochs", "3", "--seed", "1", *TINY)
+    run_here("train", cwd, "--data", data, "--run-name", "o", *SMALL, "--seed", "1")
     return cwd / "checkpoints" / "o"
 
 
 @pytest.fixture(scope="module")
-def expected(tmp_path_factory, straight, cli_module):
+def expected(tmp_path_factory, small, cli_module):
     """What each command prints that must not change: its result on the undamaged run."""
-    run = tmp_path_factory.mktemp("undamaged") / "checkpoints" / "straight"
-    shutil.copytree(straight[0], run)
+    run = tmp_path_factory.mktemp("undamaged") / "checkpoints" / "small"
+    shutil.copytree(small[0], run)
     return {name: result(cli_module(name, run.parent.parent, *args(run))) for name, args in COMMANDS.items()}
 
 
@@ -111,9 +111,9 @@ def still_there(run: Path, before: dict) -> None:
 @settings(max_examples=EXAMPLES or 3, derandomize=not EXAMPLES, deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(pick=st.integers(0, 10**6), how=st.sampled_from(MUTATIONS))
-def test_any_damage_to_any_file_of_a_run(tmp_path_factory, straight, other, expected, cli_module, pick, how):
-    run = tmp_path_factory.mktemp("damaged") / "checkpoints" / "straight"
-    shutil.copytree(straight[0], run)
+def test_any_damage_to_any_file_of_a_run(tmp_path_factory, small, other, expected, cli_module, pick, how):
+    run = tmp_path_factory.mktemp("damaged") / "checkpoints" / "small"
+    shutil.copytree(small[0], run)
     files = sorted(p for p in run.rglob("*") if p.is_file())
     path = files[pick % len(files)]
     mutate(path, how, other, run, path.read_bytes())
