@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from lowlevel import datasets
 
-from conftest import ENV, STRAIGHT, TINY, one_error, run_here, run_printed, same_run
+from conftest import ENV, SMALL, STRAIGHT, TINY, one_error, run_here, run_printed, same_run
 
 
 def train(cwd, *args, check=True):
@@ -153,7 +153,7 @@ def test_bfloat16_run_trains_evaluates_and_keeps_its_precision(tmp_path, data):
 
 @pytest.mark.slow
 def test_sigint_saves_and_resume_completes_without_gaps(tmp_path, data):
-    args = ["--data", str(data), "--run-name", "s", "--epochs", "12", *TINY]
+    args = ["--data", str(data), "--run-name", "s", *SMALL, "--epochs", "12"]  # conftest.SMALL: a small network
     env = ENV
     proc = subprocess.Popen([sys.executable, "-m", "lowlevel.train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
