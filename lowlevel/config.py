@@ -128,7 +128,7 @@ class Config:
                                  "(view them with: tensorboard --logdir checkpoints)", kind=ADJUSTABLE)
 
     # Settings added after runs were already made: a config.json without one gets the value
-    # that reproduces how that run was trained, not today's default.
+    # that reproduces how that run was trained, not the current default.
     BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0}
 
     def check(self, source: str = "") -> "Config":

@@ -242,7 +242,7 @@ class MobileNetV1(tf.Module):
     def inference(self, images: tf.Tensor) -> tf.Tensor:
         """The same logits as __call__(images, training=False), faster: every batch norm is folded into
         the convolution before it (BatchNorm.fold), so each layer is one convolution + bias + relu6,
-        which TensorFlow runs as one fused kernel (1.2x the images/s of the unfolded form here).
+        which TensorFlow runs as one fused kernel (1.2x the images/s of the unfolded form).
         Folding rounds differently, so the logits agree to float32 rounding, not bit for bit.
 
         In mixed precision the whole network, up to the pooling, runs in the 16-bit type: with
