@@ -28,14 +28,19 @@ norm, and the classifier (a convolution with neither batch norm nor bias, as the
     block's projection, shortcut and sum, a squeeze-and-excitation gate's, a hard-swish's or swish's
     input), fake-quantized with ranges [lo, hi] kept as moving averages of each training batch's min and
     max (the first batch sets them), read alone at inference; where the int8 kernel's output range is
-    fixed (the gates, a swish's sigmoid), on that range.
+    fixed (the gates, a swish's sigmoid), on that range.  Each tensor is rounded once, by the first of
+    these points it reaches (`Quantized.once`): a block's input that the block before it rounded keeps
+    that scale, as the int8 file holds it.
   * the convolutions no batch norm follows outside `conv_layers()` (the gates', MobileNetV3's last):
     their kernels rounded as they are (as the scheme says), their biases left to the int8 file's int32.
 
 The int8 file (lowlevel/export.py) then takes every scale from these ranges, without calibration; the
-pixels' normalization before the network gets exact ones (`normalization`).
+pixels' normalization before the network is one 1x1 depthwise convolution of the uint8 pixels, whose
+output the network's first range rounds (`normalization`).
 """
 from __future__ import annotations
+
+import types
 
 import numpy as np
 
@@ -117,7 +122,7 @@ class LayerQuantization(tf.Module):
         state = self._state()
         if self._fold is not None and not folded:
             kernel, _ = self._fold(kernel, depthwise=self.depthwise)
-        x = self.input(x, state.training, state.calibrating, state.activations)
+        x = state.once(x, lambda x: self.input(x, state.training, state.calibrating, state.activations))
         if state.weights:
             # the classifier's per tensor in both schemes: the converter cannot carry a per-channel scale
             # of the [C_in, C_out] matrix into LiteRT's transposed [C_out, C_in] one
@@ -141,8 +146,9 @@ class Points(tf.Module):
         state = self._state()
         if what in self.fixed:
             lo, hi = self.fixed[what]
-            return y if not state.activations else tf.cast(fake_quant(tf.cast(y, tf.float32), lo, hi), y.dtype)
-        return self.ranges[what](y, state.training, state.calibrating, state.activations)
+            return state.once(y, lambda y: y if not state.activations else
+                              tf.cast(fake_quant(tf.cast(y, tf.float32), lo, hi), y.dtype))
+        return state.once(y, lambda y: self.ranges[what](y, state.training, state.calibrating, state.activations))
 
 
 def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Tensor) -> tf.Tensor:
@@ -185,6 +191,7 @@ class Quantized(tf.Module):
         # what a call rounds (Python switches, read as the call is traced): lowlevel.inspect turns them
         self.weights = self.activations = True
         self.training = self.calibrating = False
+        self._roundings = types.SimpleNamespace(pairs=[])  # this call's (tensor, its rounding): see once()
         with self.name_scope:
             self.steps = tf.Variable(0.0, trainable=False, name="steps")  # training calls so far (float: --ema)
             self.output = Range(name="output")
@@ -231,16 +238,29 @@ class Quantized(tf.Module):
     def inference(self, images):
         return self._run(lambda: self.net.inference(images), False, False)
 
+    def once(self, x: tf.Tensor, rounding) -> tf.Tensor:
+        """rounding(x), unless this call has rounded x already, or x is a rounding's output: then that
+        rounding's output.  The int8 network holds each tensor on one scale, which every reader shares;
+        a second range on the same tensor (a block's input, which the previous block's sum rounded and
+        the next convolution's input range would round again) is one the file cannot hold: its converter
+        keeps one of the two scales for the tensor and computes the reader's bias with the other."""
+        for before, after in self._roundings.pairs:
+            if x is before or x is after:
+                return after
+        y = rounding(x)
+        self._roundings.pairs.append((x, y))
+        return y
+
     def batch_norm(self, bn: BatchNorm, z: tf.Tensor, training: bool) -> tf.Tensor:
         """A batch norm's call inside the network (BatchNorm.__call__ hands it here)."""
         return folded_batch_norm(bn, z, training, self.steps >= self.freeze_after)
 
     def _run(self, call, training: bool, taps):
-        self.training = training
+        self.training, self._roundings.pairs = training, []
         try:
             out = call()
         finally:
-            self.training = False
+            self.training, self._roundings.pairs = False, []
         if training:
             self.steps.assign_add(1.0)
         def rounded(logits):
@@ -252,13 +272,16 @@ class Quantized(tf.Module):
 
 
 def normalization(norm, images: tf.Tensor) -> tf.Tensor:
-    """norm(images), (x / 255 - mean) / std, written as (x - 255 mean) / (255 std) with each step's
-    exact range: pixels 0..255 (scale 1), then [min_c -255 mean_c, max_c 255 (1 - mean_c)].  The
-    network's first Range covers the result.  uint8 or float pixels [B, H, W, C] -> float32."""
-    mean, std = norm.mean * 255.0, norm.std * 255.0  # [C]
+    """norm(images), (x / 255 - mean) / std, as the int8 file computes it: one 1x1 depthwise convolution
+    of the pixels 0..255 (scale 1, exact) with kernel 1 / (255 std_c) (per channel: each weight is its
+    own channel's largest, so it rounds to itself) and bias -mean_c / std_c.  Its output is rounded
+    once, by the network's first Range, as in the simulated network, which reads norm(images) unrounded.
+    uint8 or float pixels [B, H, W, C] -> float32 [B, H, W, C]."""
     x = fake_quant(tf.cast(images, tf.float32), tf.constant(0.0), tf.constant(255.0))
-    x = fake_quant(x - mean, tf.reduce_min(-mean), tf.reduce_max(255.0 - mean))
-    return x / std
+    kernel = tf.reshape(1.0 / (255.0 * norm.std), [1, 1, -1, 1])  # [1, 1, C, 1]
+    kernel = fake_quant_weights(kernel, per_channel=True, depthwise=True)
+    bias = -norm.mean / norm.std  # [C]
+    return tf.nn.bias_add(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID"), bias)
 
 
 def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:

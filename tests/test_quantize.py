@@ -329,7 +329,9 @@ def test_the_series_learns_the_ranges_no_convolution_reads_and_exports_integer_t
         net(tf.random.stateless_normal([8, 32, 32, 3], [0, i]), training=True)  # ranges
     residual = [b for b in blocks if b.residual][-1]  # its input a sum of linear projections: signed
     assert all(float(residual.quantization.ranges[r].lo) < 0 < float(residual.quantization.ranges[r].hi)
-               for r in ("input", "project", "sum"))
+               for r in ("project", "sum"))
+    # ... and already rounded by the block before it: its own input range is never used (Quantized.once)
+    assert float(residual.quantization.ranges["input"].lo) == float(residual.quantization.ranges["input"].hi) == 0
     x = tf.random.stateless_normal([2, 32, 32, 3], [0, 9])
     np.testing.assert_allclose(net.inference(x).numpy(), net(x, training=False).numpy(), atol=1e-4)
     module = export.deployed(net, Normalization([0.5] * 3, [0.25] * 3))
@@ -338,7 +340,19 @@ def test_the_series_learns_the_ranges_no_convolution_reads_and_exports_integer_t
     assert {op for op, _, _ in used} == IDEAS[name]
     operands = [d for op, ins, outs in used for d in [*(ins[:1] if op == "MEAN" else ins), *outs]]  # not MEAN's axes
     assert operands and all(d["dtype"] == np.int8 for d in operands)
+    assert_each_tensor_has_one_scale(table)
     assert net.detach() is not None and all(m.quantization is None for m in rounded)
+
+
+def assert_each_tensor_has_one_scale(table):
+    """Every convolution of an int8 file computes its int32 bias on the scale of its input times its
+    weights' (the kernel's own assumption), as it does when each tensor of the simulated network is
+    rounded once; the pixels' normalization is the first, one convolution from the uint8 input."""
+    convs = [(ins, outs) for op, ins, outs in table if op in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert [op for op, _, _ in table][:2] == ["QUANTIZE", "DEPTHWISE_CONV_2D"] and len(convs) > 10
+    for (x, w, b), _ in convs:
+        scale = x["quantization_parameters"]["scales"] * w["quantization_parameters"]["scales"]  # [C_out]
+        np.testing.assert_allclose(b["quantization_parameters"]["scales"], scale, rtol=1e-5, err_msg=b["name"])
 
 
 def test_a_swish_rounds_its_input_and_its_sigmoid_as_the_int8_network_does():
