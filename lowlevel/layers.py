@@ -70,7 +70,9 @@ class Conv2D(tf.Module):
         y = tf.nn.conv2d(tf.cast(x, dtype), tf.cast(kernel, dtype), strides=self.stride,
                          padding="SAME")  # [B, H', W', C_out]
         y = tf.cast(y, x.dtype)
-        return y if self.bias is None else y + tf.cast(self.bias, x.dtype)
+        if self.bias is None:
+            return y
+        return y + tf.cast(self.bias if self.quantization is None else self.quantization.bias(self.bias), x.dtype)
 
 
 class DepthwiseConv2D(tf.Module):
@@ -295,7 +297,8 @@ class Dense(tf.Module):
         kernel = self.kernel
         if self.quantization is not None:
             x, kernel = self.quantization(x, kernel, folded=False)
-        return tf.matmul(x, tf.cast(kernel, x.dtype)) + tf.cast(self.bias, x.dtype)  # [B, C_out]
+        bias = self.bias if self.quantization is None else self.quantization.bias(self.bias)
+        return tf.matmul(x, tf.cast(kernel, x.dtype)) + tf.cast(bias, x.dtype)  # [B, C_out]
 
 
 def relu6(x: tf.Tensor) -> tf.Tensor:
@@ -340,15 +343,15 @@ def concat(tensors: list[tf.Tensor]) -> tf.Tensor:
     return tf.concat(tensors, axis=-1)
 
 
-def global_average_pool(x: tf.Tensor) -> tf.Tensor:
+def global_average_pool(x: tf.Tensor, reader=None) -> tf.Tensor:
     """[B, H, W, C] -> [B, C]: the mean of each channel over the image.
 
-    Written as an average pool of one H x W window: LiteRT's int8 converter keeps an average pool's
-    input and output on one scale, so the range quantization-aware training learns for the classifier's
-    input also serves the last convolution's output (lowlevel/quantize.py)."""
-    if None in x.shape[1:3]:
-        return tf.reduce_mean(x, axis=[1, 2])
-    return tf.reshape(tf.nn.avg_pool2d(x, x.shape[1:3], 1, "VALID"), [-1, x.shape[-1]])
+    reader: the layer that reads the result (the classifier); under quantization-aware training its
+    input range rounds the map too (lowlevel/quantize.py), so the int8 network's pooling (LiteRT's
+    MEAN) reads the map on that scale and rounds the mean once, as the simulated network does."""
+    if reader is not None and reader.quantization is not None:
+        x = reader.quantization.pooled(x)
+    return tf.reduce_mean(x, axis=[1, 2])
 
 
 def dropout(x: tf.Tensor, rate: float, training: bool, seed=None) -> tf.Tensor:

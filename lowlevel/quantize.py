@@ -58,9 +58,10 @@ def fake_quant(x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
     return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)
 
 
-def fake_quant_weights(w: tf.Tensor, per_channel: bool, depthwise: bool = False) -> tf.Tensor:
+def fake_quant_weights(w: tf.Tensor, per_channel: bool, depthwise: bool = False, steps: bool = False):
     """W [..., C_out] (depthwise: [k, k, C, m], C_out = C m) rounded symmetrically to 255 values:
-    scale = max|W| / 127 over each output channel (per_channel) or the whole tensor."""
+    scale = max|W| / 127 over each output channel (per_channel) or the whole tensor.  steps: also
+    return the scale ([C_out], or a scalar per tensor)."""
     shape = w.shape
     if depthwise:  # output channel c*m + q is W[..., c, q]: make them the last axis
         w = tf.reshape(w, [*shape[:2], 1, shape[2] * shape[3]])
@@ -70,7 +71,8 @@ def fake_quant_weights(w: tf.Tensor, per_channel: bool, depthwise: bool = False)
     else:
         top = tf.reduce_max(tf.abs(w))
         q = tf.quantization.fake_quant_with_min_max_vars(w, -top, top, num_bits=8, narrow_range=True)
-    return tf.reshape(q, shape)
+    q = tf.reshape(q, shape)
+    return (q, top / 127.0) if steps else q
 
 
 class Range(tf.Module):
@@ -83,29 +85,48 @@ class Range(tf.Module):
             self.lo = tf.Variable(0.0, trainable=False, name="lo")
             self.hi = tf.Variable(0.0, trainable=False, name="hi")
 
-    def __call__(self, x: tf.Tensor, training: bool, calibrating: bool = False, enabled: bool = True) -> tf.Tensor:
-        """fq(x; lo, hi); training: first move [lo, hi] towards this batch's; calibrating: widen it to hold
-        this batch's (the min and max over every batch so passed); enabled False: x itself."""
+    def __call__(self, x: tf.Tensor, training: bool, calibrating: bool = False, enabled: bool = True,
+                 moved: bool = False) -> tf.Tensor:
+        """fq(x; lo, hi), after `move` (unless this call has moved it already: moved); enabled False: x."""
+        if not moved:
+            self.move(x, training, calibrating, enabled)
+        if not enabled:
+            return x
+        return tf.cast(fake_quant(tf.cast(x, tf.float32), self.lo, self.hi), x.dtype)
+
+    def move(self, x: tf.Tensor, training: bool, calibrating: bool = False, enabled: bool = True) -> None:
+        """training (and enabled): move [lo, hi] towards this batch's; calibrating: widen it to hold this
+        batch's (the min and max over every batch so passed)."""
         if calibrating:
             x32 = tf.cast(x, tf.float32)
             fresh = tf.equal(self.lo, self.hi)
             self.lo.assign(tf.minimum(tf.where(fresh, 0.0, self.lo), tf.reduce_min(x32)))
             self.hi.assign(tf.maximum(tf.where(fresh, 0.0, self.hi), tf.reduce_max(x32)))
-        if not enabled:
-            return x
-        if training:
+        if training and enabled:
             x32 = tf.stop_gradient(tf.cast(x, tf.float32))
             lo, hi = tf.minimum(tf.reduce_min(x32), 0.0), tf.maximum(tf.reduce_max(x32), 0.0)
             fresh = tf.equal(self.lo, self.hi)
             m = tf.where(fresh, 0.0, RANGE_MOMENTUM)
             self.lo.assign(m * self.lo + (1.0 - m) * lo)
             self.hi.assign(m * self.hi + (1.0 - m) * hi)
-        return tf.cast(fake_quant(tf.cast(x, tf.float32), self.lo, self.hi), x.dtype)
+
+    @property
+    def step(self) -> tf.Tensor:
+        """The distance between two of its 256 values, (hi - lo) / 255 (0 while unset)."""
+        return (self.hi - self.lo) / 255.0
+
+    def rounded(self, x: tf.Tensor, unset_possible: bool) -> tf.Tensor:
+        """fq(x; lo, hi) without moving [lo, hi]; unset_possible (training, calibrating): x itself while
+        no batch has set them."""
+        y = tf.cast(fake_quant(tf.cast(x, tf.float32), self.lo, self.hi), x.dtype)
+        return tf.where(tf.equal(self.lo, self.hi), x, y) if unset_possible else y
 
 
 class LayerQuantization(tf.Module):
-    """One convolution's or the classifier's part: its input's Range, and its weights' rounding (with its
-    batch norm folded in, if it has one).  Set as the layer's `quantization`; the layer calls it."""
+    """One convolution's or the classifier's part: its input's Range, its weights' rounding (with its
+    batch norm folded in, if it has one), and its bias's: the int8 file holds a bias as int32 on the
+    scale of the input times the weights', so the simulated network rounds it there too (`bias`).
+    Set as the layer's `quantization`; the layer calls it, and its batch norm calls `batch_norm`."""
 
     def __init__(self, state: "Quantized", batch_norm: BatchNorm | None = None, depthwise: bool = False,
                  per_channel: bool = True, name: str | None = None):
@@ -114,6 +135,7 @@ class LayerQuantization(tf.Module):
         self._state = lambda: state
         self._fold = batch_norm.fold if batch_norm is not None else None
         self.depthwise, self.per_channel = depthwise, per_channel
+        self._last = types.SimpleNamespace(bias_step=None, moved=False)  # the call being traced: `bias`, `pooled`
         with self.name_scope:
             self.input = Range(name="input")
 
@@ -122,12 +144,45 @@ class LayerQuantization(tf.Module):
         state = self._state()
         if self._fold is not None and not folded:
             kernel, _ = self._fold(kernel, depthwise=self.depthwise)
-        x = state.once(x, lambda x: self.input(x, state.training, state.calibrating, state.activations))
+        moved, self._last.moved, self._last.bias_step = self._last.moved, False, None
+        x = state.once(x, lambda x: self.input(x, state.training, state.calibrating, state.activations, moved),
+                       (lambda: self.input.step) if state.activations else None)
         if state.weights:
             # the classifier's per tensor in both schemes: the converter cannot carry a per-channel scale
             # of the [C_in, C_out] matrix into LiteRT's transposed [C_out, C_in] one
-            kernel = fake_quant_weights(kernel, state.per_channel and self.per_channel, self.depthwise)
+            kernel, steps = fake_quant_weights(kernel, state.per_channel and self.per_channel, self.depthwise,
+                                               steps=True)
+            x_step = state.step_of(x)
+            self._last.bias_step = None if x_step is None else tf.stop_gradient(x_step * steps)
         return x, kernel
+
+    def bias(self, b: tf.Tensor) -> tf.Tensor:
+        """b [C_out] rounded to the int32 grid of the call just made, step = (input step) (weight step
+        [C_out] or per tensor), with the straight-through gradient; b itself when the call rounded
+        neither its input nor its weights, or the input's range is unset."""
+        step = self._last.bias_step
+        if step is None:
+            return b
+        rounded = tf.where(step > 0.0, tf.round(tf.math.divide_no_nan(b, step)) * step, b)
+        return (b - tf.stop_gradient(b)) + tf.stop_gradient(rounded)  # exactly `rounded`: 0 + rounded
+
+    def batch_norm(self, bn: BatchNorm, z: tf.Tensor, training: bool) -> tf.Tensor:
+        """The layer's batch norm's call inside the network (BatchNorm.__call__ hands it here)."""
+        state = self._state()
+        return folded_batch_norm(bn, z, training, state.steps >= state.freeze_after, self.bias)
+
+
+    def pooled(self, x: tf.Tensor) -> tf.Tensor:
+        """x [B, H, W, C], the map whose global average this layer reads, rounded on this layer's input
+        range: the int8 file's pooling reads the map on one scale, and without a range of its own the
+        map gets the one its reader's input has.  The range moves here, on the map's averages (training,
+        calibrating), so that the map and its average are rounded on the same one."""
+        state = self._state()
+        self.input.move(tf.reduce_mean(x, axis=[1, 2]), state.training, state.calibrating, state.activations)
+        self._last.moved = True  # by the pooled values this layer is about to read: its call leaves the range
+        if not state.activations:
+            return x
+        return self.input.rounded(x, state.training or state.calibrating)
 
 
 class Points(tf.Module):
@@ -147,15 +202,20 @@ class Points(tf.Module):
         if what in self.fixed:
             lo, hi = self.fixed[what]
             return state.once(y, lambda y: y if not state.activations else
-                              tf.cast(fake_quant(tf.cast(y, tf.float32), lo, hi), y.dtype))
-        return state.once(y, lambda y: self.ranges[what](y, state.training, state.calibrating, state.activations))
+                              tf.cast(fake_quant(tf.cast(y, tf.float32), lo, hi), y.dtype),
+                              (lambda: tf.constant((hi - lo) / 255.0)) if state.activations else None)
+        r = self.ranges[what]
+        return state.once(y, lambda y: r(y, state.training, state.calibrating, state.activations),
+                          (lambda: r.step) if state.activations else None)
 
 
-def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Tensor) -> tf.Tensor:
+def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Tensor, bias=None) -> tf.Tensor:
     """The batch norm of a convolution whose kernel has it folded in: z = conv(x, fq(W s)) [B, H, W, C]
-    (module docstring).  frozen: a bool tensor, True once the moving statistics stand in for the batch's."""
+    (module docstring).  frozen: a bool tensor, True once the moving statistics stand in for the batch's.
+    bias: the rounding of the folded bias (LayerQuantization.bias), else none."""
     scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)  # s [C]
-    inference = z + (bn.beta - bn.moving_mean * scale)
+    shift = bn.beta - bn.moving_mean * scale
+    inference = z + (shift if bias is None else bias(shift))
     if not training:
         return inference
     m_z, v_z = tf.nn.moments(z, axes=list(range(z.shape.rank - 1)))  # [C]
@@ -191,14 +251,14 @@ class Quantized(tf.Module):
         # what a call rounds (Python switches, read as the call is traced): lowlevel.inspect turns them
         self.weights = self.activations = True
         self.training = self.calibrating = False
-        self._roundings = types.SimpleNamespace(pairs=[])  # this call's (tensor, its rounding): see once()
+        self._roundings = types.SimpleNamespace(pairs=[])  # this call's (tensor, its rounding, step): once()
         with self.name_scope:
             self.steps = tf.Variable(0.0, trainable=False, name="steps")  # training calls so far (float: --ema)
             self.output = Range(name="output")
             for _, conv, bn in net.conv_layers():
                 conv.quantization = LayerQuantization(self, bn, isinstance(conv, DepthwiseConv2D))
                 if bn is not None:
-                    bn.quantization = self.batch_norm  # (a function: see LayerQuantization)
+                    bn.quantization = conv.quantization.batch_norm  # (a method: see LayerQuantization)
             for dense in [m for m in net.submodules if isinstance(m, Dense)]:
                 dense.quantization = LayerQuantization(self, per_channel=False)
             for conv in [m for m in net.submodules if isinstance(m, (Conv2D, DepthwiseConv2D))]:
@@ -238,22 +298,23 @@ class Quantized(tf.Module):
     def inference(self, images):
         return self._run(lambda: self.net.inference(images), False, False)
 
-    def once(self, x: tf.Tensor, rounding) -> tf.Tensor:
+    def once(self, x: tf.Tensor, rounding, step=None) -> tf.Tensor:
         """rounding(x), unless this call has rounded x already, or x is a rounding's output: then that
         rounding's output.  The int8 network holds each tensor on one scale, which every reader shares;
         a second range on the same tensor (a block's input, which the previous block's sum rounded and
         the next convolution's input range would round again) is one the file cannot hold: its converter
-        keeps one of the two scales for the tensor and computes the reader's bias with the other."""
-        for before, after in self._roundings.pairs:
+        keeps one of the two scales for the tensor and computes the reader's bias with the other.
+        step: a function giving the step of the rounding's grid, called after it (for `step_of`)."""
+        for before, after, _ in self._roundings.pairs:
             if x is before or x is after:
                 return after
         y = rounding(x)
-        self._roundings.pairs.append((x, y))
+        self._roundings.pairs.append((x, y, None if step is None else step()))  # (after the range moved)
         return y
 
-    def batch_norm(self, bn: BatchNorm, z: tf.Tensor, training: bool) -> tf.Tensor:
-        """A batch norm's call inside the network (BatchNorm.__call__ hands it here)."""
-        return folded_batch_norm(bn, z, training, self.steps >= self.freeze_after)
+    def step_of(self, x: tf.Tensor) -> tf.Tensor | None:
+        """The step of the grid a rounding of this call put x on (`once`'s step), or None."""
+        return next((step for _, after, step in self._roundings.pairs if x is after), None)
 
     def _run(self, call, training: bool, taps):
         self.training, self._roundings.pairs = training, []

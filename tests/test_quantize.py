@@ -100,7 +100,8 @@ def test_without_rounding_the_folded_training_step_is_conv_plus_batch_norm(monke
         bn.fused = False
     yardstick = gap(want_grads, step(unfused, unfused.trainable_variables)[1])
     monkeypatch.setattr(quantize, "fake_quant", lambda x, lo, hi: x)
-    monkeypatch.setattr(quantize, "fake_quant_weights", lambda w, per_channel, depthwise=False: w)
+    monkeypatch.setattr(quantize, "fake_quant_weights",  # a step of 0: no bias rounding either
+                        lambda w, per_channel, depthwise=False, steps=False: (w, tf.constant(0.0)) if steps else w)
     net = tiny_net()
     logits, grads = step(quantize.Quantized(net, "per-channel", freeze_after=10), net.trainable_variables)
     np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4 * np.abs(want_logits).max())
@@ -246,9 +247,11 @@ def test_the_quantization_table_on_a_layer_whose_error_is_known():
     assert all(m.quantization is None for m in net.submodules if hasattr(m, "quantization"))
     eager = {r["layer"]: r for r in quantize.layer_errors(net, batches, compiled=False)}  # traced above: 2 batches
     assert eager.keys() == rows.keys()
+    # compiled and eager convolutions differ in the last bit (1.2e-7 here), which can land a value on the
+    # other side of a rounding: one step of one activation changed the int8 logits' SQNR by 0.08%
     for layer, row in rows.items():
         figures = {k: v for k, v in row.items() if k != "layer"}
-        assert {k: eager[layer][k] for k in figures} == pytest.approx(figures, rel=1e-4), layer
+        assert {k: eager[layer][k] for k in figures} == pytest.approx(figures, rel=1e-3), layer
 
 
 @pytest.mark.slow

@@ -209,7 +209,7 @@ class MobileNetV1(tf.Module):
         tap(record, "stem", z, x)
         for i, block in enumerate(self.blocks):
             x = block(x, training, record, f"blocks[{i}]")  # [B, H', W', C']; 2x2 (CIFAR) at the end
-        x = global_average_pool(x)  # [B, 1024a]
+        x = global_average_pool(x, self.classifier)  # [B, 1024a]
         x = dropout(x, self.dropout_rate, training, seed)
         return tapped(record, self.classifier(x), taps)  # logits [B, num_classes], or the taps
 
@@ -253,14 +253,17 @@ class MobileNetV1(tf.Module):
         x = folded(self.stem, self.bn_stem, tf.cast(images, self.precision), activation=self.activation)
         for block in self.blocks:
             x = block.inference(x)
-        return self.classifier(global_average_pool(tf.cast(x, tf.float32)))  # [B, num_classes]
+        return self.classifier(global_average_pool(tf.cast(x, tf.float32), self.classifier))  # [B, num_classes]
 
 
 def folded(conv, bn: BatchNorm, x, depthwise: bool = False, activation=relu6):
     """activation(BN(conv(x))) at inference as one convolution with a bias (BatchNorm.fold), which
     TensorFlow runs as one fused kernel; in x's dtype.  activation None: linear (MobileNetV2's projection)."""
     kernel, bias = bn.fold(conv.kernel, depthwise=depthwise)
-    y = tf.nn.bias_add(conv(x, kernel), tf.cast(bias, x.dtype))
+    y = conv(x, kernel)
+    if conv.quantization is not None:  # quantization-aware training's: the bias on the int8 file's grid
+        bias = conv.quantization.bias(bias)
+    y = tf.nn.bias_add(y, tf.cast(bias, x.dtype))
     return activation(y) if activation else y
 
 

@@ -216,7 +216,7 @@ class MobileNetV2(tf.Module):
         z = self.head(x)  # [B, 4, 4, 1280] on CIFAR
         x = relu6(self.bn_head(z, training))
         tap(record, "head", z, x)
-        x = dropout(global_average_pool(x), self.dropout_rate, training, seed)  # [B, 1280]
+        x = dropout(global_average_pool(x, self.classifier), self.dropout_rate, training, seed)  # [B, 1280]
         return tapped(record, self.classifier(x), taps)  # logits [B, num_classes], or the taps
 
     def conv_layers(self) -> list[tuple[str, tf.Module, BatchNorm]]:
@@ -252,7 +252,7 @@ class MobileNetV2(tf.Module):
         for block in self.blocks:
             x = block.inference(x)
         x = folded(self.head, self.bn_head, x)
-        return self.classifier(global_average_pool(tf.cast(x, tf.float32)))  # [B, num_classes]
+        return self.classifier(global_average_pool(tf.cast(x, tf.float32), self.classifier))  # [B, num_classes]
 
 
 def build(input_shape=(32, 32, 3), num_classes: int = 10, dropout: float | None = None, **options) -> MobileNetV2:

@@ -145,7 +145,7 @@ class ShuffleNetV2(tf.Module):
         for i, unit in enumerate(self.units):
             x = unit(x, training, record, f"units[{i}]")
         x = self.head(x, training, record, "head")  # [B, 4, 4, 1024] on CIFAR
-        x = dropout(global_average_pool(x), self.dropout_rate, training, seed)
+        x = dropout(global_average_pool(x, self.classifier), self.dropout_rate, training, seed)
         return tapped(record, self.classifier(x), taps)
 
     def inference(self, images: tf.Tensor) -> tf.Tensor:
@@ -156,7 +156,7 @@ class ShuffleNetV2(tf.Module):
         for unit in self.units:
             x = unit.inference(x)
         x = self.head.inference(x)
-        return self.classifier(global_average_pool(tf.cast(x, tf.float32)))
+        return self.classifier(global_average_pool(tf.cast(x, tf.float32), self.classifier))
 
     def conv_layers(self) -> list[tuple[str, tf.Module, BatchNorm]]:
         """(name, convolution, its batch norm) for every convolution, in order."""
