@@ -136,6 +136,36 @@ def test_after_the_freeze_training_computes_the_int8_network_and_its_statistics_
     assert stem.lo.numpy() == pytest.approx(m * float(tf.reduce_min(x)) + (1 - m) * float(tf.reduce_min(x2)))
 
 
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_biases_are_rounded_to_the_int32_grid_of_their_input_and_weights_with_a_straight_through_gradient(scheme):
+    """The int8 file holds a bias as int32 on the scale s_in s_w (its layer's input step times its weights'
+    step, per output channel or per tensor): the simulated network adds each bias rounded there, and the
+    global pooling reads its map rounded on the classifier's input range."""
+    net = quantize.Quantized(tiny_net(), scheme, freeze_after=1)
+    for i in range(2):
+        net(tf.random.stateless_normal([8, 32, 32, 3], [1, i]), training=True)
+    net.inference(tf.random.stateless_normal([4, 32, 32, 3], [1, 9]))  # the calls record their steps
+    stem, classifier = net.net.stem.quantization, net.net.classifier.quantization
+    folded, shift = net.net.bn_stem.fold(net.net.stem.kernel)
+    top = np.abs(folded.numpy()).reshape(-1, folded.shape[-1]).max(0)  # [C_out]
+    w_step = top / 127 if scheme == "per-channel" else top.max() / 127
+    want = float(stem.input.hi - stem.input.lo) / 255 * w_step
+    np.testing.assert_allclose(stem._last.bias_step.numpy(), want * np.ones_like(top), rtol=1e-5)
+    b = tf.Variable(shift)
+    with tf.GradientTape() as tape:
+        rounded = stem.bias(b)
+        loss = tf.reduce_sum(rounded * np.arange(len(top), dtype=np.float32))
+    n = rounded.numpy() / want
+    np.testing.assert_allclose(n, np.round(n), atol=1e-3)  # on the grid ...
+    assert np.all(np.abs(rounded.numpy() - shift.numpy()) <= want / 2 * (1 + 1e-5))  # ... at its nearest point
+    np.testing.assert_array_equal(tape.gradient(loss, b).numpy(), np.arange(len(top)))  # straight through
+    c_step = float(classifier.input.hi - classifier.input.lo) / 255 * np.abs(net.net.classifier.kernel.numpy()).max() / 127
+    np.testing.assert_allclose(float(classifier._last.bias_step), c_step, rtol=1e-5)  # per tensor in both schemes
+    features = tf.random.stateless_uniform([2, 2, 2, net.net.classifier.in_features], [1, 3], 0.0, 2.0)
+    np.testing.assert_array_equal(classifier.pooled(features).numpy(),  # outside training: the range stays
+                                  quantize.fake_quant(features, classifier.input.lo, classifier.input.hi).numpy())
+
+
 # three epochs, as config.QAT_DEFAULTS: two (one with batch statistics, one frozen) leave the tiny network
 # at 87-91% of its 100 test images on some CPUs, too close to the 90% that makes the agreement mean something
 QAT = ["--qat", "per-channel", "--epochs", "3", "--lr", "0.01", "--warmup-epochs", "0", "--qat-freeze-bn", "1"]
