@@ -175,7 +175,7 @@ class LayerQuantization(tf.Module):
     def pooled(self, x: tf.Tensor) -> tf.Tensor:
         """x [B, H, W, C], the map whose global average this layer reads, rounded on this layer's input
         range: the int8 file's pooling reads the map on one scale, and without a range of its own the
-        map gets the one its reader's input has.  The range moves here, on the map's averages (training,
+        map gets the one its reader's input has.  The range moves in this call, on the map's averages (training,
         calibrating), so that the map and its average are rounded on the same one."""
         state = self._state()
         self.input.move(tf.reduce_mean(x, axis=[1, 2]), state.training, state.calibrating, state.activations)

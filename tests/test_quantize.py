@@ -159,7 +159,8 @@ def test_biases_are_rounded_to_the_int32_grid_of_their_input_and_weights_with_a_
     np.testing.assert_allclose(n, np.round(n), atol=1e-3)  # on the grid ...
     assert np.all(np.abs(rounded.numpy() - shift.numpy()) <= want / 2 * (1 + 1e-5))  # ... at its nearest point
     np.testing.assert_array_equal(tape.gradient(loss, b).numpy(), np.arange(len(top)))  # straight through
-    c_step = float(classifier.input.hi - classifier.input.lo) / 255 * np.abs(net.net.classifier.kernel.numpy()).max() / 127
+    c_top = np.abs(net.net.classifier.kernel.numpy()).max()
+    c_step = float(classifier.input.hi - classifier.input.lo) / 255 * c_top / 127
     np.testing.assert_allclose(float(classifier._last.bias_step), c_step, rtol=1e-5)  # per tensor in both schemes
     features = tf.random.stateless_uniform([2, 2, 2, net.net.classifier.in_features], [1, 3], 0.0, 2.0)
     np.testing.assert_array_equal(classifier.pooled(features).numpy(),  # outside training: the range stays
