@@ -14,7 +14,8 @@ and beta ("norm") and biases ("bias").  Training's `--decay-on` names the kinds 
 Scales and shifts are never worth decaying (pulling them to zero only fights the
 normalization); the MobileNet paper puts little or no decay on the depthwise filters,
 which have few parameters.  `decays(variables)` is the mask of every kernel, the
-optimizers' default; `decay_mask(model, kinds)` the mask of the kinds given.
+optimizers' default; `decay_mask(model, kinds)` the mask of the kinds given, with or without
+the squeeze-and-excitation gates' kernels (`--no-decay-gates`).
 
 `skip()` counts an update without applying it: the float16 training step calls
 it instead of `apply` when its gradients overflowed (`LossScale`), so that the
@@ -57,10 +58,20 @@ def kinds(model: tf.Module) -> dict[str, list[tf.Variable]]:
     return found
 
 
-def decay_mask(model: tf.Module, decayed) -> list[bool]:
-    """For each of model.trainable_variables, whether its kind is one of `decayed`."""
+def gate_kernels(model: tf.Module) -> list[tf.Variable]:
+    """The kernels of the model's squeeze-and-excitation gates (1 x 1: of kind "pointwise")."""
+    from lowlevel.lightweight import SqueezeExcite
+
+    return [conv.kernel for se in model.submodules if isinstance(se, SqueezeExcite) for conv in (se.squeeze, se.excite)]
+
+
+def decay_mask(model: tf.Module, decayed, gates: bool = True) -> list[bool]:
+    """For each of model.trainable_variables, whether its kind is one of `decayed`; gates False: never
+    the squeeze-and-excitation gates' kernels (`gate_kernels`)."""
     found = kinds(model)
     chosen = {v.ref() for kind in decayed for v in found[kind]}
+    if not gates:
+        chosen -= {v.ref() for v in gate_kernels(model)}
     return [v.ref() in chosen for v in model.trainable_variables]
 
 

@@ -61,7 +61,7 @@ class Trainer(tf.Module):
                     "linear": lambda: optim.WarmupLinear(cfg.lr, total, warmup),
                     "step": lambda: optim.StepDecay(cfg.lr, [total // 2, total * 3 // 4])}[cfg.schedule]()
         params = self.model.trainable_variables
-        mask = optim.decay_mask(self.model, [k for k in cfg.decay_on.split(",") if k])
+        mask = optim.decay_mask(self.model, [k for k in cfg.decay_on.split(",") if k], cfg.decay_gates)
         if cfg.optimizer == "sgd":
             self.optimizer = optim.SGD(params, schedule, cfg.momentum, True, cfg.weight_decay, mask)
         else:

@@ -159,6 +159,23 @@ def test_the_decay_on_flag_reaches_the_optimizer_and_is_checked():
         Config(decay_on="conv,depthwize").check()
 
 
+def test_no_decay_gates_exempts_exactly_the_squeeze_and_excitation_kernels():
+    """--no-decay-gates: the gates' squeeze and excite kernels (1 x 1, of kind pointwise) leave the decayed
+    set and nothing else does; the default keeps them in it; a network without gates is unchanged."""
+    t, _ = _trainer(model="mobilenet-v3-small", decay_gates=False)
+    every, _ = _trainer(model="mobilenet-v3-small")
+    names = [v.name for v in t.model.trainable_variables]
+    masks = zip(names, t.optimizer.decay_mask, every.optimizer.decay_mask, strict=True)
+    exempt = {n for n, a, b in masks if b and not a}
+    gates = {v.name for v in optim.gate_kernels(t.model)}
+    assert exempt == gates and len(gates) == 2 * 9  # MobileNetV3-Small: 9 gated blocks
+    assert all(n.endswith(("squeeze/kernel:0", "excite/kernel:0")) for n in gates)
+    assert not any(a and not b for a, b in zip(t.optimizer.decay_mask, every.optimizer.decay_mask))
+    plain = MobileNetV1(alpha=0.25)
+    kernels = ["conv", "pointwise", "depthwise", "dense"]
+    assert optim.decay_mask(plain, kernels, gates=False) == optim.decay_mask(plain, kernels)
+
+
 def test_one_cycle_schedule_closed_form():
     s = optim.WarmupLinear(0.4, total=100, warmup=20)
     lr = [float(s(t)) for t in range(101)]
