@@ -30,9 +30,12 @@ norm, and the classifier (a convolution with neither batch norm nor bias, as the
     max (the first batch sets them), read alone at inference; where the int8 kernel's output range is
     fixed (the gates, a swish's sigmoid), on that range.  Each tensor is rounded once, by the first of
     these points it reaches (`Quantized.once`): a block's input that the block before it rounded keeps
-    that scale, as the int8 file holds it.
+    that scale, as the int8 file holds it.  The map a global average pool reduces for the classifier is
+    rounded on the classifier's input range (`LayerQuantization.pooled`).
   * the convolutions no batch norm follows outside `conv_layers()` (the gates', MobileNetV3's last):
-    their kernels rounded as they are (as the scheme says), their biases left to the int8 file's int32.
+    their kernels rounded as they are (as the scheme says);
+  * biases, folded or not: rounded to the int8 file's int32 grid, step = input step x weight step
+    (`LayerQuantization.bias`).
 
 The int8 file (lowlevel/export.py) then takes every scale from these ranges, without calibration; the
 pixels' normalization before the network is one 1x1 depthwise convolution of the uint8 pixels, whose
@@ -135,7 +138,7 @@ class LayerQuantization(tf.Module):
         self._state = lambda: state
         self._fold = batch_norm.fold if batch_norm is not None else None
         self.depthwise, self.per_channel = depthwise, per_channel
-        self._last = types.SimpleNamespace(bias_step=None, moved=False)  # the call being traced: `bias`, `pooled`
+        self._last = types.SimpleNamespace(bias_step=None, moved=False)  # of the call traced: `bias`, `pooled`
         with self.name_scope:
             self.input = Range(name="input")
 
@@ -171,12 +174,11 @@ class LayerQuantization(tf.Module):
         state = self._state()
         return folded_batch_norm(bn, z, training, state.steps >= state.freeze_after, self.bias)
 
-
     def pooled(self, x: tf.Tensor) -> tf.Tensor:
         """x [B, H, W, C], the map whose global average this layer reads, rounded on this layer's input
         range: the int8 file's pooling reads the map on one scale, and without a range of its own the
-        map gets the one its reader's input has.  The range moves in this call, on the map's averages (training,
-        calibrating), so that the map and its average are rounded on the same one."""
+        map gets the one its reader's input has.  The range moves in this call, on the map's averages
+        (training, calibrating), so that the map and its average are rounded on the same one."""
         state = self._state()
         self.input.move(tf.reduce_mean(x, axis=[1, 2]), state.training, state.calibrating, state.activations)
         self._last.moved = True  # by the pooled values this layer is about to read: its call leaves the range
