@@ -70,9 +70,9 @@ class Config:
     decay_on: str = _f("conv,pointwise,depthwise,dense", "the kinds of parameter weight decay applies to, "
                        "comma-separated, of: conv (k x k kernels), pointwise (1 x 1), depthwise, dense, norm "
                        "(batch-norm scales and shifts), bias (lowlevel/optim.py); empty: none")
-    decay_gates: bool = _f(True, "with pointwise kernels decayed, also the 1 x 1 kernels of the squeeze-and-excitation "
-                                 "gates (MobileNetV3, EfficientNet; --no-decay-gates: not theirs; networks without "
-                                 "gates: no effect)")
+    decay_gates: bool = _f(True, "with pointwise kernels decayed, also the 1 x 1 kernels of the "
+                                 "squeeze-and-excitation gates (MobileNetV3, EfficientNet; --no-decay-gates: not "
+                                 "theirs; networks without gates: no effect)")
     warmup_epochs: float = _f(1.0, "epochs of linear learning-rate warmup from 0")
     schedule: str = _f("cosine", "after warmup: cosine (to 0), linear (to 0: with the warmup, a one-cycle "
                                  "schedule) or step (x0.1 at 50%% and 75%% of the epochs)",

@@ -62,7 +62,8 @@ def gate_kernels(model: tf.Module) -> list[tf.Variable]:
     """The kernels of the model's squeeze-and-excitation gates (1 x 1: of kind "pointwise")."""
     from lowlevel.lightweight import SqueezeExcite
 
-    return [conv.kernel for se in model.submodules if isinstance(se, SqueezeExcite) for conv in (se.squeeze, se.excite)]
+    gates = [m for m in model.submodules if isinstance(m, SqueezeExcite)]
+    return [conv.kernel for se in gates for conv in (se.squeeze, se.excite)]
 
 
 def decay_mask(model: tf.Module, decayed, gates: bool = True) -> list[bool]:
