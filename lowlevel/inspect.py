@@ -27,7 +27,7 @@ checkpoints/RUN/inspect-<step>/:
                residual connection (Blocks): the gates' mean and spread, the residual branch's share
   quantization.csv  (networks with batch norms) a row per convolution and one for the logits: SQNR of
                the folded weights rounded to int8 per channel and per tensor, and of the layer's output in the
-               int8 network against float (quantize.layer_errors: columns, activation ranges)
+               int8 network against float (quantize_errors.layer_errors: columns, activation ranges)
   PNGs         stem_filters, depthwise_filters (block B), feature_maps (test image K), histograms,
                dead_and_ranges, batch_norms
 
@@ -246,11 +246,11 @@ def pass_images(loaded, n: int, image: int, batch: int) -> tuple[dict, dict, Blo
 
 
 def quantization_table(loaded, n: int, batch: int):
-    """quantization.csv (quantize.layer_errors) over the first n test images."""
+    """quantization.csv (quantize_errors.layer_errors) over the first n test images."""
     import pandas as pd
-    from lowlevel import quantize
+    from lowlevel import quantize_errors
     x = [loaded.normalization(loaded.data.test_images[s:min(s + batch, n)]) for s in range(0, n, batch)]
-    return pd.DataFrame(quantize.layer_errors(loaded.model, x))
+    return pd.DataFrame(quantize_errors.layer_errors(loaded.model, x))
 
 
 def layer_table(loaded, stats: dict, example: dict, batch: int, n: int):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowlevel import quantize
+from lowlevel import quantize, quantize_errors
 from lowlevel.layers import BatchNorm
 from lowlevel.nets.mobilenet import MobileNetV1
 
@@ -246,8 +246,8 @@ def test_sqnr_of_rounding_a_uniform_signal_is_its_closed_form():
     SQNR = 10 log10(4 / d^2) = 20 log10(255) = 48.13 dB."""
     x = np.random.default_rng(3).uniform(-1, 1, 1_000_000).astype(np.float32)
     rounded = quantize.fake_quant(tf.constant(x), tf.constant(-1.0), tf.constant(1.0)).numpy()
-    assert quantize.sqnr_db(x, rounded) == pytest.approx(20 * np.log10(255), abs=0.05)
-    assert quantize.sqnr_db(x, x) == float("inf")
+    assert quantize_errors.sqnr_db(x, rounded) == pytest.approx(20 * np.log10(255), abs=0.05)
+    assert quantize_errors.sqnr_db(x, x) == float("inf")
 
 
 def test_the_quantization_table_on_a_layer_whose_error_is_known():
@@ -267,7 +267,7 @@ def test_the_quantization_table_on_a_layer_whose_error_is_known():
     steps[0, 0, 0, :] = 127  # each channel reaches its largest value
     net.stem.kernel.assign(steps / 127 * widths)
     batches = [tf.random.stateless_normal([16, 32, 32, 3], [5, i]) for i in range(2)]
-    rows = {r["layer"]: r for r in quantize.layer_errors(net, batches)}
+    rows = {r["layer"]: r for r in quantize_errors.layer_errors(net, batches)}
     stem = rows["stem"]
     assert stem["weight_sqnr_channel_db"] > 100  # float32 rounding of W s only
     assert stem["weight_sqnr_tensor_db"] < stem["weight_sqnr_channel_db"] - 30
@@ -276,7 +276,7 @@ def test_the_quantization_table_on_a_layer_whose_error_is_known():
     assert stem["input_hi"] == pytest.approx(max(float(tf.reduce_max(b)) for b in batches))
     assert len(rows) == len(net.conv_layers()) + 1 and np.isfinite(rows["logits"]["output_sqnr_channel_db"])
     assert all(m.quantization is None for m in net.submodules if hasattr(m, "quantization"))
-    eager = {r["layer"]: r for r in quantize.layer_errors(net, batches, compiled=False)}  # traced above: 2 batches
+    eager = {r["layer"]: r for r in quantize_errors.layer_errors(net, batches, compiled=False)}  # traced above: 2 batches
     assert eager.keys() == rows.keys()
     # compiled and eager convolutions differ in the last bit (1.2e-7 here), which can land a value on the
     # other side of a rounding: one step of one activation changed the int8 logits' SQNR by 0.08%
