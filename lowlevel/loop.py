@@ -78,7 +78,7 @@ class Loop:
         train_x, train_y, val_x, val_y = pipeline.split_validation(data.train_images, data.train_labels,
                                                                    cfg.val_size)
         # the training images' statistics; a resumed run restores the ones it started with
-        norm = pipeline.Normalization.of(train_x)
+        norm = runs.normalization_type(cfg).of(train_x)
         self.train = pipeline.Batches(train_x, train_y, norm, cfg.batch_size, cfg.seed, augment=cfg.augment,
                                       cutout=cfg.cutout)
         self.cfg, self.run, self.data = cfg, run, data

@@ -39,7 +39,8 @@ norm, and the classifier (a convolution with neither batch norm nor bias, as the
 
 The int8 file (lowlevel/export.py) then takes every scale from these ranges, without calibration; the
 pixels' normalization before the network is one 1x1 depthwise convolution of the uint8 pixels, whose
-output the network's first range rounds (`normalization`).
+output the network's first range rounds (`normalization`); a --qat run normalizes its pixels so in
+training and evaluation too (`IntegerNormalization`), so the simulated network reads what the file reads.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from lowlevel._tf import tf
 
 from lowlevel.layers import BatchNorm, Conv2D, Dense, DepthwiseConv2D
 from lowlevel.lightweight import Rounded
+from lowlevel.pipeline import Normalization
 
 SCHEMES = ("per-channel", "per-tensor")
 RANGE_MOMENTUM = 0.99  # of the activation ranges' moving averages
@@ -334,12 +336,31 @@ class Quantized(tf.Module):
 
 def normalization(norm, images: tf.Tensor) -> tf.Tensor:
     """norm(images), (x / 255 - mean) / std, as the int8 file computes it: one 1x1 depthwise convolution
-    of the pixels 0..255 (scale 1, exact) with kernel 1 / (255 std_c) (per channel: each weight is its
-    own channel's largest, so it rounds to itself) and bias -mean_c / std_c.  Its output is rounded
-    once, by the network's first Range, as in the simulated network, which reads norm(images) unrounded.
+    of the pixels 0..255 (scale 1, exact) with kernel k_c = 1 / (255 std_c) (per channel: each weight is
+    its own channel's largest, so it rounds to itself) and bias -mean_c / std_c on the file's int32 grid
+    (`integer_bias`).  Its output is rounded once, by the network's first Range.
     uint8 or float pixels [B, H, W, C] -> float32 [B, H, W, C]."""
     x = fake_quant(tf.cast(images, tf.float32), tf.constant(0.0), tf.constant(255.0))
     kernel = tf.reshape(1.0 / (255.0 * norm.std), [1, 1, -1, 1])  # [1, 1, C, 1]
     kernel = fake_quant_weights(kernel, per_channel=True, depthwise=True)
-    bias = -norm.mean / norm.std  # [C]
-    return tf.nn.bias_add(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID"), bias)
+    return tf.nn.bias_add(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID"), integer_bias(norm))
+
+
+def integer_bias(norm) -> tf.Tensor:
+    """The normalization's bias -mean_c / std_c rounded to the int32 grid the int8 file holds it on, step
+    = input step (1) x weight step (k_c / 127); float32 [C].  Unrounded, it is up to half a step (about
+    1e-4) off, which moves about 0.3% of the first range's roundings of the normalized pixels by a step."""
+    step = 1.0 / (255.0 * norm.std) / 127.0  # [C]
+    return tf.round(-norm.mean / norm.std / step) * step
+
+
+class IntegerNormalization(Normalization):
+    """A --qat run's normalization of the pixels: the statistics of `pipeline.Normalization`, the map as its
+    int8 file computes it (`normalization`), in training, validation and the simulated network's test, so
+    that the simulated network reads the pixels the file reads.  A black pixel is `integer_bias`."""
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        return normalization(self, images)
+
+    def black(self) -> tf.Tensor:
+        return integer_bias(self)

@@ -194,6 +194,14 @@ def build_model(cfg: Config, num_classes: int, input_shape=(32, 32, 3), steps_pe
         raise ConfigError(f"--qat: --model {cfg.model}: {e}; choose a network with batch norms.") from None
 
 
+def normalization_type(cfg: Config) -> type:
+    """How a run normalizes its pixels: pipeline.Normalization, or with --qat as its int8 file does
+    (quantize.IntegerNormalization: the same statistics, the bias on the file's integer grid)."""
+    from lowlevel import pipeline, quantize
+
+    return quantize.IntegerNormalization if cfg.qat else pipeline.Normalization
+
+
 @dataclasses.dataclass
 class Loaded:
     run: Path  # the run folder
@@ -240,10 +248,10 @@ def load(path: str | Path, best: bool = False, data_path: str = "", precision: s
     model = build_model(cfg, len(data.label_names), data.train_images.shape[1:])
     objects = {"averaged" if weights == "averaged" else "model": model}
     if has_normalization(prefix):
-        norm = objects["normalization"] = pipeline.Normalization.placeholder(data.train_images.shape[-1])
+        norm = objects["normalization"] = normalization_type(cfg).placeholder(data.train_images.shape[-1])
     else:  # a run from before the statistics were saved: recompute them as it did
         train_x, _, _, _ = pipeline.split_validation(data.train_images, data.train_labels, cfg.val_size)
-        norm = pipeline.Normalization.of(train_x)
+        norm = normalization_type(cfg).of(train_x)
         note = "\n".join(filter(None, [note, f"note: {prefix} predates saved normalization statistics; they "
                                             f"were recomputed from {data_path or cfg.data or 'data'}"]))
     try:
