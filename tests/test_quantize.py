@@ -414,7 +414,7 @@ def test_a_qat_run_normalizes_its_pixels_as_its_int8_file_does():
     flatbuffer = export.to_tflite(export.deployed(net, norm), "tflite-int8")
     (_, _, _), (op, (_, w, b), (out,)) = ops(flatbuffer)[:2]
     assert op == "DEPTHWISE_CONV_2D"
-    file = Interpreter(flatbuffer)
+    file = EveryTensor(flatbuffer)
     step, zero = out["quantization"]
     w_step = w["quantization_parameters"]["scales"]  # [3]
     w_int, b_int = (file.get_tensor(t["index"]).reshape(-1).astype(np.float64) for t in (w, b))
@@ -427,7 +427,7 @@ def test_a_qat_run_normalizes_its_pixels_as_its_int8_file_does():
     assert off.max() < 1.01 and np.mean(off > 0.01) < 0.01  # measured: 0.2-0.5% a step off
 
 
-class Interpreter:
+class EveryTensor:
     """A LiteRT file run op by op, every tensor kept, without a delegate replacing its operations."""
 
     def __init__(self, flatbuffer: bytes):
