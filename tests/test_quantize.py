@@ -219,12 +219,12 @@ def test_a_qat_run_starts_from_a_float_run_resumes_bitwise_and_evaluates_as_int8
     assert status == 0 and "continuing from" in out, err  # epoch 3 again, after the batch norms were frozen
     assert_same_weights(run / "qat" / "ckpt-27", run / "parts" / "ckpt-27")
     config = (run / "qat" / "config.json").read_text()
-    assert '"alpha": 0.25' in config and '"qat": "per-channel"' in config and f'"data": "{data}"' in config
+    assert '"alpha": 1.0' in config and '"qat": "per-channel"' in config and f'"data": "{data}"' in config
     status, out, err = cli("evaluate", tmp_path, "--checkpoint", "checkpoints/qat")
     assert status == 0 and "test accuracy" in out, err
     assert_int8_file_is_the_simulated_network(tmp_path, cli)
     status, _, err = cli("train", tmp_path, *common, "--run-name", "other", "--alpha", "0.5")
-    one_error(status, err, f"--from-run {colours[0]}", "--alpha 0.25")
+    one_error(status, err, f"--from-run {colours[0]}", "--alpha 1.0")
     status, _, err = cli("train", tmp_path, *common, "--run-name", "other", "--precision", "bfloat16")
     one_error(status, err, "--qat", "--precision bfloat16")
 
