@@ -9,9 +9,10 @@ input zero-padded by p = (k - 1) // 2 before and k - 1 - p after:
 
 x, dL/dy [B, H, W, C]; W, dL/dW [k, k, C, 1].  When the map is smaller than the kernel
 (H < k or W < k: MobileNet v1's last depthwise layer, 3 x 3 on 2 x 2 maps in the CIFAR-10
-form; the 5 x 5 layers of MobileNetV3 and EfficientNet-B0 on 4 x 4 maps), oneDNN computes
-it with a generic kernel at a tenth of the rate it reaches on larger maps, and capped at AVX2
-a further 3-7x slower (docs/performance.md, "A slow filter gradient").  The same sum is itself
+form; the last 5 x 5 layers of MobileNetV3 and EfficientNet-B0, on 4 x 4 maps), the padding
+dominates the sum and oneDNN leaves its fast depthwise kernel for a generic one: for MobileNet
+v1's last layer 8x slower than the form below capped at AVX2, 1.4x on AVX-512
+(docs/performance.md, "A slow filter gradient").  The same sum is itself
 a depthwise convolution: of xp, with the batch folded into the channels ([1, H + k - 1,
 W + k - 1, C * B]), by dL/dy as the filter ([H, W, C * B, 1]), VALID padding, giving
 [1, k, k, C * B]; summed over the batch, dL/dW.  That runs on the fast forward kernel.
