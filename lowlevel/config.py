@@ -29,7 +29,8 @@ from lowlevel.nets import NETS
 TTA = ("none", "flip", "flip-shift")  # test-time augmentation: lowlevel.step.log_probabilities
 # a --qat run fine-tunes a trained one (docs/quantization.md): a few epochs at a small learning rate; at
 # the float run's 0.1 a tiny EfficientNet-B0 broke down once its batch norms froze
-QAT_DEFAULTS = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0}
+# a --qat fine-tuning: short, gentle, and measured without TTA, as its exported int8 file is
+QAT_DEFAULTS = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0, "tta": "none"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -80,9 +81,10 @@ class Config:
     label_smoothing: float = _f(0.1, "weight of the uniform distribution mixed into the one-hot targets")
     ema: float = _f(0.0, "decay of an exponential moving average of the weights (lowlevel/ema.py), which then "
                          "serves validation, the best checkpoint, the test, evaluate and export; 0: none")
-    tta: str = _f("none", "test-time augmentation of validation and the final test: none; flip (the mean of "
-                          "the softmax over each image and its mirror image); flip-shift (also over both moved "
-                          "by one pixel up, down, left and right: 10 views)", choices=TTA)
+    tta: str = _f("flip", "test-time augmentation of validation and the final test: none; flip (the mean of "
+                          "the softmax over each image and its mirror image: about a point on CIFAR-10, "
+                          "docs/recipe.md); flip-shift (also over both moved by one pixel up, down, left and "
+                          "right: 10 views)", choices=TTA)
     # the model
     model: str = _f("mobilenet", "the network, one of: " + ", ".join(NETS) + " (python -m lowlevel.summary "
                                  "--model NAME shows its layers)", choices=tuple(NETS))
@@ -98,7 +100,7 @@ class Config:
                            "an --ema run) and its network, instead of new weights")
     qat: str = _f("", "train as the int8 network computes (fake quantization), with per-channel or per-tensor "
                       "weight scales; empty: in float.  A fine-tuning: unless given, --epochs 3 --lr 0.005 "
-                      "--warmup-epochs 0", choices=("", "per-channel", "per-tensor"))
+                      "--warmup-epochs 0 --tta none", choices=("", "per-channel", "per-tensor"))
     qat_freeze_bn: float = _f(1.0, "with --qat: epochs in which the batch norms use batch statistics; after them "
                                    "the moving statistics are frozen")
     # the data
@@ -132,7 +134,7 @@ class Config:
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not the current default.
-    BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0}
+    BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0, "tta": "none"}
 
     def check(self, source: str = "") -> "Config":
         """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`).

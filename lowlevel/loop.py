@@ -108,10 +108,10 @@ class Loop:
         self.events = Events(run, cfg.tensorboard and self.chief)
         print(f"run {run}: {self.train.n} training and {len(val_x)} validation images, {self.spe} steps per "
               f"epoch, {self.trainer.step} of {self.total} steps done", flush=True)
-        if cfg.ema or cfg.tta != "none":
-            print(f"validation and test measure the {describe(cfg)[2:]}", flush=True)
         self.kernels = kernels.describe()
         print(kernels.line(self.kernels), flush=True)
+        if cfg.ema or cfg.tta != "none":
+            print(f"validation and test measure: {describe(cfg)[2:]}", flush=True)
         if cfg.precision == "float16" and not tf.config.list_physical_devices("GPU"):
             print("note: float16 is for GPUs; on a CPU its convolutions fall back to slow kernels "
                   "(--precision bfloat16 is the CPU's 16-bit type)", flush=True)

@@ -197,7 +197,7 @@ def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, d
     runs = tmp_path / "checkpoints"
     same_run(runs / "r", runs / "s")
     assert any(k.startswith("averaged/") for k in weights(runs / "r" / "ckpt-30"))  # compared by same_run
-    assert "validation and test measure the averaged weights (--ema 0.9), flip TTA" in out
+    assert "validation and test measure: averaged weights (--ema 0.9), flip TTA" in out
     reported = float(out.split("test accuracy ")[1].split("%")[0])
     status, out, _ = cli("evaluate", tmp_path, "--checkpoint", runs / "s")
     assert status == 0 and "averaged weights, flip TTA: test loss" in out
