@@ -125,7 +125,7 @@ def test_int8_model_is_integer_throughout(exported, fmt, scales):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_evaluate_an_exported_model(exported, cli, fmt):
     run, out, loaded = exported
-    status, checkpoint, err = cli("evaluate", out.parent, "--checkpoint", run)
+    status, checkpoint, err = cli("evaluate", out.parent, "--checkpoint", run, "--tta", "none")  # as exported
     assert status == 0, err
     status, stdout, err = cli("evaluate", out.parent, "--model", out / export.FILES[fmt])
     assert status == 0, err
