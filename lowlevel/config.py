@@ -27,9 +27,9 @@ from lowlevel.errors import ConfigError
 from lowlevel.nets import NETS
 
 TTA = ("none", "flip", "flip-shift")  # test-time augmentation: lowlevel.step.log_probabilities
-# a --qat run fine-tunes a trained one (docs/quantization.md): a few epochs at a small learning rate; at
-# the float run's 0.1 a tiny EfficientNet-B0 broke down once its batch norms froze
-# a --qat fine-tuning: short, gentle, and measured without TTA, as its exported int8 file is
+# a --qat run fine-tunes a trained one (docs/quantization.md): a few epochs at a small learning rate (at
+# the float run's 0.1 a tiny EfficientNet-B0 broke down once its batch norms froze), measured without TTA
+# as its exported int8 file is
 QAT_DEFAULTS = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0, "tta": "none"}
 
 
