@@ -29,8 +29,8 @@ from lowlevel.nets import NETS
 TTA = ("none", "flip", "flip-shift")  # test-time augmentation: lowlevel.step.log_probabilities
 # a --qat run fine-tunes a trained one (docs/quantization.md): a few epochs at a small learning rate (at
 # the float run's 0.1 a tiny EfficientNet-B0 broke down once its batch norms froze), measured without TTA
-# as its exported int8 file is
-QAT_DEFAULTS = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0, "tta": "none"}
+# as its exported int8 file is, and without a moving average (whose horizon, 1,000 steps, is the whole run)
+QAT_DEFAULTS = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0, "tta": "none", "ema": 0.0}
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,8 +79,9 @@ class Config:
                                  "schedule) or step (x0.1 at 50%% and 75%% of the epochs)",
                         choices=("cosine", "linear", "step"))
     label_smoothing: float = _f(0.1, "weight of the uniform distribution mixed into the one-hot targets")
-    ema: float = _f(0.0, "decay of an exponential moving average of the weights (lowlevel/ema.py), which then "
-                         "serves validation, the best checkpoint, the test, evaluate and export; 0: none")
+    ema: float = _f(0.999, "decay of an exponential moving average of the weights (lowlevel/ema.py), which then "
+                           "serves validation, the best checkpoint, the test, evaluate and export (about a point "
+                           "at a checkpoint chosen before the schedule's end, docs/recipe.md); 0: none")
     tta: str = _f("flip", "test-time augmentation of validation and the final test: none; flip (the mean of "
                           "the softmax over each image and its mirror image: about a point on CIFAR-10, "
                           "docs/recipe.md); flip-shift (also over both moved by one pixel up, down, left and "
@@ -100,7 +101,7 @@ class Config:
                            "an --ema run) and its network, instead of new weights")
     qat: str = _f("", "train as the int8 network computes (fake quantization), with per-channel or per-tensor "
                       "weight scales; empty: in float.  A fine-tuning: unless given, --epochs 3 --lr 0.005 "
-                      "--warmup-epochs 0 --tta none", choices=("", "per-channel", "per-tensor"))
+                      "--warmup-epochs 0 --tta none --ema 0", choices=("", "per-channel", "per-tensor"))
     qat_freeze_bn: float = _f(1.0, "with --qat: epochs in which the batch norms use batch statistics; after them "
                                    "the moving statistics are frozen")
     # the data
@@ -134,7 +135,8 @@ class Config:
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not the current default.
-    BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0, "tta": "none"}
+    BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0, "tta": "none",
+                    "ema": 0.0}
 
     def check(self, source: str = "") -> "Config":
         """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`).

@@ -15,8 +15,8 @@ averaged weights are always used with averaged statistics: the pair a network of
 weights would have measured, rather than the live statistics of the trained weights.
 
 The shadow is a second instance of the same network (`build()` returns it), so it evaluates,
-folds its batch norms and exports like the model itself.  When a run has `--ema`, its
-validation, best checkpoint, final test, `evaluate` and `export` use the shadow ("averaged"
+folds its batch norms and exports like the model itself.  When a run has one (`--ema`: 0.999 unless
+`--ema 0`), its validation, best checkpoint, final test, `evaluate` and `export` use the shadow ("averaged"
 weights); `evaluate --weights trained` measures the trained ones of the same checkpoint.
 A checkpoint holds the shadow under the key `averaged`, so a resume continues it bitwise.
 """

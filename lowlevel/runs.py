@@ -242,8 +242,8 @@ def load(path: str | Path, best: bool = False, data_path: str = "", precision: s
     verify(prefix)
     data = datasets.load(cfg.dataset, data_path or cfg.data, cfg.split_seed)
     if weights == "averaged" and not cfg.ema:
-        raise RunError(f"{run}: was trained without --ema, so it has no averaged weights; leave out "
-                       f"--weights averaged to use its trained ones.")
+        raise RunError(f"{run}: was trained with --ema 0 (or before the moving average existed), so it has no "
+                       f"averaged weights; leave out --weights averaged to use its trained ones.")
     weights = weights or ("averaged" if cfg.ema else "trained")
     model = build_model(cfg, len(data.label_names), data.train_images.shape[1:])
     objects = {"averaged" if weights == "averaged" else "model": model}

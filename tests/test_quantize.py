@@ -234,12 +234,13 @@ def test_a_qat_run_fine_tunes_briefly_at_a_small_learning_rate_unless_told_other
 
     cfg, explicit = Config.from_args(["--qat", "per-channel"])
     assert {k: getattr(cfg.with_defaults(explicit), k) for k in QAT_DEFAULTS} == {
-        "epochs": 3, "lr": 0.005, "warmup_epochs": 0.0, "tta": "none"}  # measured as its int8 file is
+        "epochs": 3, "lr": 0.005, "warmup_epochs": 0.0, "tta": "none", "ema": 0.0}  # measured as its int8 file is
     cfg, explicit = Config.from_args(["--qat", "per-tensor", "--lr", "0.01", "--epochs", "2"])
     assert (cfg.with_defaults(explicit).lr, cfg.with_defaults(explicit).epochs) == (0.01, 2)
     assert cfg.with_defaults(explicit).warmup_epochs == 0.0
     float_run = Config.from_args([])[0].with_defaults(set())
-    assert (float_run.epochs, float_run.lr, float_run.warmup_epochs, float_run.tta) == (150, 0.1, 1.0, "flip")
+    assert (float_run.epochs, float_run.lr, float_run.warmup_epochs, float_run.tta, float_run.ema) == (
+        150, 0.1, 1.0, "flip", 0.999)
 
 
 def test_sqnr_of_rounding_a_uniform_signal_is_its_closed_form():

@@ -71,7 +71,7 @@ def test_the_training_step_averages_every_variable_after_its_update():
     for s, v in zip(shadow, t.average.model.variables):
         np.testing.assert_allclose(v.numpy(), s, rtol=1e-4, atol=1e-6, err_msg=v.name)
     assert t.evaluated is t.average.model
-    plain, averaged = _trainer()[0], _trainer(ema=0.8)[0]
+    plain, averaged = _trainer(ema=0.0)[0], _trainer(ema=0.8)[0]
     assert plain.average is None and plain.evaluated is plain.model
     for a, b in zip(plain.model.variables, averaged.model.variables):  # --ema leaves the initial weights alone
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -185,7 +185,7 @@ def test_one_cycle_schedule_closed_form():
 
 
 @pytest.mark.slow
-def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, data, cli, straight):
+def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, data, cli, small):
     """--ema: the shadow is checkpointed and continues exactly after a stop; validation, the best checkpoint,
     the test and evaluate use it, `evaluate --weights trained` the trained weights; --tta flip likewise."""
     flags = ["--data", data, *STRAIGHT, "--ema", "0.9", "--tta", "flip"]
@@ -217,7 +217,7 @@ def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, d
     status, trained, _ = cli("evaluate", tmp_path, "--checkpoint", runs / "s", "--weights", "trained", "--tta", "none")
     assert status == 0 and "ckpt-30: test loss" in trained
     assert trained.split("test loss ")[1].split(",")[0] != out.split("test loss ")[1].split(",")[0]
-    one_error(*cli("evaluate", tmp_path, "--checkpoint", straight[0], "--weights", "averaged")[::2],
-              "trained without --ema", "leave out --weights averaged")
+    one_error(*cli("evaluate", tmp_path, "--checkpoint", small[0], "--weights", "averaged")[::2],  # --ema 0
+              "trained with --ema 0", "leave out --weights averaged")
     config = json.loads((runs / "s" / "config.json").read_text())
     assert config["ema"] == 0.9 and config["tta"] == "flip"

@@ -37,7 +37,8 @@ def test_a_run_writes_its_folder_and_the_printed_evaluate_command_agrees(straigh
     ev = run_printed(out.strip().splitlines()[-1], run.parent.parent, "evaluate with:", process=True)
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert float(ev.stdout.split("test accuracy ")[1].split("%")[0]) == reported
-    assert "ckpt-30: flip TTA: test loss" in ev.stdout and "airplane" in ev.stdout  # the run's --tta, flip by default
+    # the run's weights and --tta: by default averaged and flip
+    assert "ckpt-30: averaged weights, flip TTA: test loss" in ev.stdout and "airplane" in ev.stdout
     assert (run / "ckpt-30-test-confusion.csv").exists() and (run / "ckpt-30-test-confusion.png").exists()
     assert pd.read_csv(run / "ckpt-30-test-confusion.csv", index_col=0).values.sum() == 30
     best = run_here("evaluate", run.parent.parent, "--checkpoint", run, "--best")

@@ -47,13 +47,15 @@ def random_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def trainer(batch: int, alpha: float, steps: int, precision: str = "float32", strategy=None, **config):
     """(Trainer, image order, batches) of MobileNet (or config's `model`) on `batch * (steps + 1)` random
-    images, as train builds them (lowlevel.step), its step traced and warmed up by one call."""
+    images, as train builds them (lowlevel.step), its step traced and warmed up by one call.  Without the
+    moving average of the weights unless `config` asks for one (ema=0.999): the step the Keras reference
+    trains, and the benchmarks' figures in docs/ (the average costs about 4%, docs/recipe.md)."""
     from lowlevel import pipeline
     from lowlevel.config import Config
     from lowlevel.step import Trainer
 
     images, labels = random_images(batch * (steps + 1))
-    cfg = Config(alpha=alpha, batch_size=batch, precision=precision, **config)
+    cfg = Config(alpha=alpha, batch_size=batch, precision=precision, **{"ema": 0.0, **config})
     batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0, cutout=cfg.cutout)
     t = Trainer(cfg, batches, strategy=strategy)
     order = batches.order(0)
