@@ -49,13 +49,13 @@ def test_a_config_json_value_of_the_wrong_type_is_one_sentence(tmp_path):
 
 
 def test_a_config_json_from_before_a_setting_existed_keeps_how_it_was_trained(tmp_path):
-    """A run saved before --cutout (or --tta) existed was trained (and measured) without it: resuming
+    """A run saved before --cutout (or --tta, or --ema) existed was trained (and measured) without it: resuming
     or evaluating it must not switch it on."""
     old = dataclasses.asdict(Config(epochs=7))
-    del old["cutout"], old["tta"]
+    del old["cutout"], old["tta"], old["ema"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    assert Config.from_json(tmp_path / "config.json") == Config(epochs=7, cutout=0, tta="none")
-    assert (Config().cutout, Config().tta) == (16, "flip")  # while new runs get the defaults
+    assert Config.from_json(tmp_path / "config.json") == Config(epochs=7, cutout=0, tta="none", ema=0.0)
+    assert (Config().cutout, Config().tta, Config().ema) == (16, "flip", 0.999)  # while new runs get the defaults
 
 
 def test_bad_json_is_one_sentence(tmp_path):
