@@ -29,7 +29,8 @@ from lowlevel.nets import NETS
 TTA = ("none", "flip", "flip-shift")  # test-time augmentation: lowlevel.step.log_probabilities
 # a --qat run fine-tunes a trained one (docs/quantization.md): a few epochs at a small learning rate (at
 # the float run's 0.1 a tiny EfficientNet-B0 broke down once its batch norms froze), measured without TTA
-# as its exported int8 file is, and without a moving average (whose horizon, 1,000 steps, is the whole run)
+# as its exported int8 file is, and without a moving average, which costs accuracy in runs this short
+# (docs/recipe.md)
 QAT_DEFAULTS = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0, "tta": "none", "ema": 0.0}
 
 

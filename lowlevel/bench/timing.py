@@ -49,7 +49,7 @@ def trainer(batch: int, alpha: float, steps: int, precision: str = "float32", st
     """(Trainer, image order, batches) of MobileNet (or config's `model`) on `batch * (steps + 1)` random
     images, as train builds them (lowlevel.step), its step traced and warmed up by one call.  Without the
     moving average of the weights unless `config` asks for one (ema=0.999): the step the Keras reference
-    trains, and the benchmarks' figures in docs/ (the average costs about 4%, docs/recipe.md)."""
+    trains, and the benchmarks' figures in docs/ (the average costs 0.5-4%, docs/recipe.md)."""
     from lowlevel import pipeline
     from lowlevel.config import Config
     from lowlevel.step import Trainer
