@@ -44,6 +44,13 @@ def test_keras_reference_is_the_same_network():
         assert speed.keras_model(alpha).count_params() == ours
 
 
+def test_the_timed_step_has_no_moving_average_unless_asked():
+    """The Keras reference trains without one, and the published figures were timed so; the default run has one."""
+    from lowlevel.bench import timing
+    assert timing.trainer(8, 0.125, 1)[0].average is None
+    assert timing.trainer(8, 0.125, 1, ema=0.999)[0].average is not None
+
+
 def test_flops_per_image_matches_the_notes():
     """CIFAR default: 46.35M multiply-adds forward -> about 278 MFLOP per training image."""
     from lowlevel import costs
