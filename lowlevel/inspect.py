@@ -25,9 +25,10 @@ checkpoints/RUN/inspect-<step>/:
                            images, inference mode (the batch norms use their moving statistics)
   blocks.csv   for the later networks, one row per block with a squeeze-and-excitation gate or a
                residual connection (Blocks): the gates' mean and spread, the residual branch's share
-  quantization.csv  (networks with batch norms) a row per convolution and one for the logits: SQNR of
-               the folded weights rounded to int8 per channel and per tensor, and of the layer's output in the
-               int8 network against float (quantize_errors.layer_errors: columns, activation ranges)
+  quantization.csv  (every network but Inception-v2, whose batch norms cannot fold) a row per convolution
+               and one for the logits: SQNR of the folded weights rounded to int8 per channel and per tensor,
+               and of the layer's output in the int8 network against float (quantize_errors.layer_errors:
+               columns, activation ranges)
   PNGs         stem_filters, depthwise_filters (block B), feature_maps (test image K), histograms,
                dead_and_ranges, batch_norms
 

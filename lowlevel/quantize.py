@@ -11,8 +11,10 @@ values, as integer kernels need).  Its gradient is the straight-through estimato
 0 outside, the rounding being treated as the identity.
 
 What `Quantized(net, ...)` changes in `net`, for every convolution of `net.conv_layers()` with its batch
-norm, and the classifier (a convolution with neither batch norm nor bias, as the depthwise ones of
-`mobilenet-friendly`, has its kernel rounded as it is):
+norm, and the classifier (a convolution without batch norm, as the depthwise ones of `mobilenet-friendly`
+and every one of the plain networks of lowlevel/nets/stack.py, has its kernel rounded as it is and its
+bias, if any, as the next point says; a batch norm after the activation, as Inception-v2's, cannot be
+folded, and such a network is refused):
 
   * weights: the batch norm folded in,  W' = W s,  s = gamma / sqrt(moving_var + eps)  [C_out], then
     fake-quantized symmetrically, [-max|W'|, max|W'|] per output channel (or per tensor; the classifier's
@@ -230,9 +232,12 @@ def folded_batch_norm(bn: BatchNorm, z: tf.Tensor, training: bool, frozen: tf.Te
 
 
 def unfoldable(net) -> list[str]:
-    """The convolutions of `net` that quantization-aware training cannot round as the int8 network runs
-    them: those that add a bias and have no batch norm to fold it into."""
-    return [name for name, conv, bn in net.conv_layers() if bn is None and getattr(conv, "bias", None) is not None]
+    """The convolutions of `net` whose batch norm quantization-aware training cannot fold into them as the
+    int8 network runs them: all that have one, when it follows the activation (`net.folds_batch_norm`
+    False, as in Inception-v2)."""
+    if getattr(net, "folds_batch_norm", True):
+        return []
+    return [name for name, _, bn in net.conv_layers() if bn is not None]
 
 
 class Quantized(tf.Module):
@@ -246,8 +251,8 @@ class Quantized(tf.Module):
             raise ValueError(f"the quantization scheme must be {' or '.join(SCHEMES)}, not {scheme!r}.")
         unfolded = unfoldable(net)
         if unfolded:
-            raise ValueError(f"quantization-aware training folds each convolution's batch norm into it, and "
-                             f"{unfolded[0]}, which adds a bias, has none")
+            raise ValueError(f"quantization-aware training folds each batch norm into its convolution, and "
+                             f"{unfolded[0]}'s follows the activation")
         self.net, self.freeze_after = net, freeze_after
         self.scheme = scheme
         # what a call rounds (Python switches, read as the call is traced): lowlevel.inspect turns them

@@ -188,10 +188,15 @@ def build_model(cfg: Config, num_classes: int, input_shape=(32, 32, 3), steps_pe
     if not hasattr(net, "conv_layers"):
         raise ConfigError(f"--qat: --model {cfg.model} does not list its convolutions and batch norms "
                           f"(conv_layers), so they cannot be folded; choose another model.")
+    floats = net.float_activations() if hasattr(net, "float_activations") else []
+    if floats:
+        raise ConfigError(f"--qat: --model {cfg.model}: LiteRT has no int8 kernel for the {floats[0][1]} of "
+                          f"{floats[0][0]}, so no int8 file could compute it; choose a network with ReLU or ReLU6.")
     try:
         return quantize.Quantized(net, cfg.qat, int(cfg.qat_freeze_bn * steps_per_epoch))
     except ValueError as e:
-        raise ConfigError(f"--qat: --model {cfg.model}: {e}; choose a network with batch norms.") from None
+        raise ConfigError(f"--qat: --model {cfg.model}: {e}; choose a network whose batch norms follow their "
+                          f"convolutions, or one without batch norms.") from None
 
 
 def normalization_type(cfg: Config) -> type:

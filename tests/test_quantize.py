@@ -380,12 +380,14 @@ def test_the_series_learns_the_ranges_no_convolution_reads_and_exports_integer_t
     assert net.detach() is not None and all(m.quantization is None for m in rounded)
 
 
-def assert_each_tensor_has_one_scale(table):
-    """Every convolution of an int8 file computes its int32 bias on the scale of its input times its
-    weights' (the kernel's own assumption), as it does when each tensor of the simulated network is
-    rounded once; the pixels' normalization is the first, one convolution from the uint8 input."""
+def assert_each_tensor_has_one_scale(table, convolutions: int | None = None):
+    """Every convolution of an int8 file (`convolutions` of them, or more than 10) computes its int32 bias
+    on the scale of its input times its weights' (the kernel's own assumption), as it does when each
+    tensor of the simulated network is rounded once; the pixels' normalization is the first, one
+    convolution from the uint8 input."""
     convs = [(ins, outs) for op, ins, outs in table if op in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-    assert [op for op, _, _ in table][:2] == ["QUANTIZE", "DEPTHWISE_CONV_2D"] and len(convs) > 10
+    assert [op for op, _, _ in table][:2] == ["QUANTIZE", "DEPTHWISE_CONV_2D"]
+    assert len(convs) == convolutions if convolutions is not None else len(convs) > 10
     for (x, w, b), _ in convs:
         scale = x["quantization_parameters"]["scales"] * w["quantization_parameters"]["scales"]  # [C_out]
         np.testing.assert_allclose(b["quantization_parameters"]["scales"], scale, rtol=1e-5, err_msg=b["name"])
@@ -468,13 +470,57 @@ def test_a_swish_rounds_its_input_and_its_sigmoid_as_the_int8_network_does():
     np.testing.assert_array_equal(net.net.activated("stem", lightweight.swish, z).numpy(), tf.nn.silu(z).numpy())
 
 
-def test_a_network_without_batch_norms_is_refused_in_one_sentence():
+def test_networks_whose_int8_form_qat_cannot_simulate_are_refused_in_one_sentence():
+    """Inception-v2's batch norms follow their activations (they cannot fold into the convolutions); the
+    Fashion-MNIST CNNs' SELU has no int8 kernel.  Networks without batch norms are simulated (below)."""
     from lowlevel import runs
     from lowlevel.config import Config, ConfigError
 
-    cfg = Config(model="vgg-blocks", qat="per-tensor", dataset="cifar10")
-    with pytest.raises(ConfigError, match=r"--qat: --model vgg-blocks: .* layers\[0\], which adds a bias, has none; "
-                                          r"choose a network"):
-        runs.build_model(cfg, 10)
-    assert isinstance(runs.build_model(Config(model="mobilenet", qat="per-tensor", alpha=0.25), 10),
-                      quantize.Quantized)
+    cfg = Config(model="inception-v2", qat="per-tensor", dataset="flowers17", alpha=0.125)
+    with pytest.raises(ConfigError, match=r"--qat: --model inception-v2: quantization-aware training folds each batch "
+                                          r"norm into its convolution, and layers\[0\]'s follows the activation; "
+                                          r"choose a network whose batch norms follow their convolutions"):
+        runs.build_model(cfg, 17, (224, 224, 3))
+    cfg = Config(model="fashion-cnn", qat="per-channel", dataset="fashion-mnist", alpha=0.25)
+    with pytest.raises(ConfigError, match=r"--qat: --model fashion-cnn: LiteRT has no int8 kernel for the selu of "
+                                          r"layers\[0\], so no int8 file could compute it; choose a network with ReLU"):
+        runs.build_model(cfg, 10, (28, 28, 1))
+    for name in ("mobilenet", "vgg-blocks", "fashion-separable"):
+        shape = (28, 28, 1) if name.startswith("fashion") else (32, 32, 3)
+        assert isinstance(runs.build_model(Config(model=name, qat="per-tensor", alpha=0.25), 10, shape),
+                          quantize.Quantized)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg-blocks", "vgg-blocks-separable"])
+def test_a_network_without_batch_norms_rounds_its_biases_and_exports_integer_throughout(name):
+    """The plain networks' convolutions add a bias and have no batch norm: QAT rounds each kernel as it is
+    (per output channel) and each bias on the int32 grid of its input step times its weights' step, and
+    the int8 file from the learned ranges is integer throughout, each convolution's bias on that scale."""
+    from lowlevel import export, nets
+    from lowlevel.layers import DepthwiseConv2D
+    from lowlevel.pipeline import Normalization
+
+    from test_export import ops
+
+    net = quantize.Quantized(nets.build(name, (32, 32, 3), 10, alpha=0.25), "per-channel")
+    for i in range(3):
+        net(tf.random.stateless_normal([8, 32, 32, 3], [2, i]), training=True)  # ranges
+    net.inference(tf.random.stateless_normal([4, 32, 32, 3], [2, 9]))  # the calls record their steps
+    biased = [conv for _, conv, _ in net.conv_layers() if getattr(conv, "bias", None) is not None]
+    assert len(biased) == 6 and all(bn is None for _, _, bn in net.conv_layers())
+    for conv in biased:
+        q = conv.quantization
+        top = np.abs(conv.kernel.numpy()).reshape(-1, conv.kernel.shape[-1]).max(0)  # [C_out]
+        step = float(q.input.hi - q.input.lo) / 255 * top / 127
+        np.testing.assert_allclose(q._last.bias_step.numpy(), step, rtol=1e-5)
+        n = q.bias(conv.bias).numpy() / step
+        np.testing.assert_allclose(n, np.round(n), atol=1e-3)  # on the grid
+    depthwise = [conv for _, conv, _ in net.conv_layers() if isinstance(conv, DepthwiseConv2D)]
+    assert len(depthwise) == (6 if name.endswith("separable") else 0)
+    module = export.deployed(net, Normalization([0.5] * 3, [0.25] * 3))
+    table = ops(export.to_tflite(module, "tflite-int8"))  # refused if a tensor stayed float32
+    assert {"CONV_2D", "MAX_POOL_2D", "FULLY_CONNECTED"} <= {op for op, _, _ in table}
+    operands = [d for op, ins, outs in table if op in ("CONV_2D", "MAX_POOL_2D") for d in [*ins[:2], *outs]]
+    assert operands and all(d["dtype"] == np.int8 for d in operands)
+    assert_each_tensor_has_one_scale(table, convolutions=7 + len(depthwise))  # the pixels' normalization too

@@ -31,6 +31,7 @@ from lowlevel.nets.mobilenet import PRECISIONS, scaled
 
 ACTIVATIONS = {"relu": L.relu, "selu": L.selu, "relu6": L.relu6, "none": tf.identity}
 GAINS = {"relu": 2.0, "relu6": 2.0, "selu": 1.0, "none": 1.0}  # initial Var(w) * fan_in (layers.py)
+INT8 = {"relu", "relu6", "none"}  # the activations LiteRT's int8 kernels compute (its converter leaves SELU in float32)
 
 
 def identifier(path: str) -> str:
@@ -271,6 +272,10 @@ class Stack(tf.Module):
     def conv_layers(self) -> list[tuple[str, tf.Module, L.BatchNorm | None]]:
         """(name, convolution, its batch norm or None) for every convolution, in order."""
         return [c for unit in self.layers for c in unit.conv_layers()]
+
+    def float_activations(self) -> list[tuple[str, str]]:
+        """(layer, activation) for each layer whose activation an int8 LiteRT file cannot compute in int8."""
+        return [(unit.path, unit.act) for unit in self.layers if getattr(unit, "act", "none") not in INT8]
 
     def layer_table(self) -> list[tuple[str, object, tuple[int, ...]]]:
         """(name, layer, output shape of one image) for every layer in order (see lowlevel.summary)."""
