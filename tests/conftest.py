@@ -160,14 +160,16 @@ def colours(tmp_path_factory):
     """A tiny run trained on images whose colour tells their class (so it is right and confident, and an
     int8 file's agreement with it means something), exported in every format: (run, export folder).
     At full width: narrower ones learn the colours in 15 epochs for some seeds only (width 0.25: test
-    accuracy 60-100% over seeds 0-2, width 1: 99-100% over seeds 0-3).
+    accuracy 60-100% over seeds 0-2, width 1: 99-100% over seeds 0-3).  At a peak rate of 0.05: 100% in
+    each of nine runs (seeds 0-3 with 1 or 2 intra-op threads, oneDNN capped at AVX2, Eigen), where 0.1
+    ended two of six such runs at 90% (one class lost), under the 95% test_export.py asks of it.
     Made once for all workers (made_once): copy it to change it."""
     from lowlevel import export
 
     def make(cwd):
         fakecifar.write(cwd / "cifar-10-batches-py", per_batch=40, n_test=100, learnable=True)
         run_module("train", cwd, "--data", cwd / "cifar-10-batches-py", "--run-name", "colours", "--epochs", "15",
-                   "--alpha", "1.0", "--batch-size", "20", "--val-size", "20", "--lr", "0.1", "--warmup-epochs",
+                   "--alpha", "1.0", "--batch-size", "20", "--val-size", "20", "--lr", "0.05", "--warmup-epochs",
                    "0.5", "--bn-momentum", "0.9", "--progress", "none", "--steps-per-call", "3", "--no-tensorboard")
         for fmt in ("all", "tflite-int8-per-tensor"):
             assert export.main(["--checkpoint", str(cwd / "checkpoints" / "colours"), "--format", fmt, "--out",
