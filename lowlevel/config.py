@@ -111,6 +111,9 @@ class Config:
     augment: bool = _f(True, "random 4-pixel-padded crop and horizontal flip of training images")
     cutout: int = _f(16, "side in pixels of the random square zeroed in each training image after "
                          "normalization, i.e. set to the mean colour (0: no cutout)")
+    cutmix: float = _f(0.0, "probability that a training batch is mixed by CutMix: one random box of every image "
+                            "replaced by the same box of another image of the batch, the target shared between "
+                            "the two labels as their pixels are (lowlevel/pipeline.py; 0: none)")
     val_size: int = _f(5000, "training images held out to choose the best checkpoint (0: none)")
     seed: int = _f(0, "seeds the initial weights, the shuffle, the augmentation and dropout")
     split_seed: int = _f(0, "seeds the 80/20 train/test split of a data set without an official test set "
@@ -136,7 +139,7 @@ class Config:
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not the current default.
-    BEFORE_ADDED = {"cutout": 0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0, "tta": "none",
+    BEFORE_ADDED = {"cutout": 0, "cutmix": 0.0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0, "tta": "none",
                     "ema": 0.0}
 
     def check(self, source: str = "") -> "Config":
@@ -175,6 +178,8 @@ class Config:
         for name in ("label_smoothing", "dropout", "momentum", "bn_momentum", "ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{n(name)} must be in [0, 1), not {getattr(self, name)}.")
+        if not 0.0 <= self.cutmix <= 1.0:
+            raise ConfigError(f"{n('cutmix')} is a probability and must be in [0, 1], not {self.cutmix}.")
         for name in ("weight_decay", "warmup_epochs", "val_size", "max_steps", "cutout", "qat_freeze_bn"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{n(name)} must not be negative, not {getattr(self, name)}.")

@@ -10,6 +10,7 @@ Every random choice is a pure function of (seed, epoch) or (seed, step):
     crop offsets of step s   = uniform(...; key = fold_in(seed, AUGMENT, s))
     flips of step s          = uniform(...; key = fold_in(seed, FLIP, s))
     cutout squares of step s = uniform(...; key = fold_in(seed, CUTOUT, s))
+    cutmix box of step s     = uniform(...; key = fold_in(seed, CUTMIX, s)), partners likewise
     dropout masks of step s  = key fold_in(seed, DROPOUT, s)
 
 so batch k of a run is the same whether or not the run was stopped and resumed,
@@ -21,7 +22,8 @@ import numpy as np
 from lowlevel._tf import tf
 
 PAD = 4  # pixels of zero padding before the random 32x32 crop
-_SHUFFLE, _AUGMENT, _DROPOUT, _CUTOUT, _FLIP = 1, 2, 3, 4, 5  # stream ids, so no two share a random key
+# the random streams' ids, so that no two share a key
+_SHUFFLE, _AUGMENT, _DROPOUT, _CUTOUT, _FLIP, _CUTMIX, _PARTNER = 1, 2, 3, 4, 5, 6, 7
 
 
 class Normalization(tf.Module):
@@ -153,6 +155,41 @@ def cutout(x: tf.Tensor, size: int, seed, step) -> tf.Tensor:
     return x * tf.cast(~hidden, x.dtype)[..., None]
 
 
+def cutmix_draws(batch, seed, step) -> tuple[tf.Tensor, tf.Tensor]:
+    """The random choices of `cutmix` at `step`: u float32 [4], uniform over [0, 1) (whether the batch is
+    mixed, the box's size, its centre row and column), and the partners, a random permutation int32 [B]."""
+    u = tf.random.stateless_uniform([4], seed=_key(seed, _CUTMIX, step))
+    return u, tf.argsort(tf.random.stateless_uniform([batch], seed=_key(seed, _PARTNER, step)))
+
+
+def cutmix(x: tf.Tensor, y: tf.Tensor, prob: float, seed, step) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """CutMix (Yun et al., 2019): with probability `prob` the batch is mixed: one random box of every
+    image is replaced by the same box of its partner, another image of the batch, and the target
+    becomes the two labels in proportion to their pixels.
+
+    x: float32 [B, H, W, C], y: int32 [B] -> (x' [B, H, W, C], partner labels y' [B], share: float32 []).
+    With the draws u of `cutmix_draws`: mixed = u0 < prob; lam = u1 (Beta(1, 1), the paper's CIFAR
+    setting); the box has sides floor(H sqrt(1 - lam)) x floor(W sqrt(1 - lam)) around a centre
+    (floor(u2 H), floor(u3 W)), placed and clipped as `cutout`'s square;
+
+        x'[b] = x[b] outside the box, x[perm[b]] inside;   y'[b] = y[perm[b]]
+        share = 1 - box area / (H W)   (1 when the batch is not mixed: x' = x)
+
+    and the loss takes the target share * onehot(y) + (1 - share) * onehot(y') (step.cross_entropy).
+    """
+    b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
+    u, perm = cutmix_draws(b, seed, step)
+    mixed = u[0] < prob
+    cut = tf.sqrt(1.0 - u[1])
+    rows, cols = tf.cast(cut * h, tf.int32), tf.cast(cut * w, tf.int32)  # the box's sides before clipping
+    top, left = tf.cast(u[2] * h, tf.int32) - rows // 2, tf.cast(u[3] * w, tf.int32) - cols // 2
+    inside_rows = (tf.range(h) >= top) & (tf.range(h) < top + rows) & mixed  # [H]
+    inside_cols = (tf.range(w) >= left) & (tf.range(w) < left + cols)  # [W]
+    box = inside_rows[:, None] & inside_cols[None, :]  # [H, W]
+    share = 1.0 - tf.reduce_mean(tf.cast(box, tf.float32))
+    return tf.where(box[None, :, :, None], tf.gather(x, perm), x), tf.gather(y, perm), share
+
+
 class Batches:
     """Training and evaluation batches from one uint8 tensor held on the device.
 
@@ -163,7 +200,7 @@ class Batches:
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, norm: Normalization,
-                 batch_size: int, seed: int = 0, augment: bool = True, cutout: int = 0):
+                 batch_size: int, seed: int = 0, augment: bool = True, cutout: int = 0, cutmix: float = 0.0):
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [N, H, W, C], not {images.dtype} {list(images.shape)}.")
         if batch_size < 1:
@@ -174,7 +211,9 @@ class Batches:
         if not 0 <= cutout <= min(images.shape[1:3]):
             raise ValueError(f"--cutout must be between 0 and {min(images.shape[1:3])} pixels, not {cutout}.")
         self.norm, self.batch_size, self.seed, self.augment = norm, batch_size, seed, augment
-        self.cutout = cutout
+        if not 0.0 <= cutmix <= 1.0:
+            raise ValueError(f"--cutmix must be a probability between 0 and 1, not {cutmix}.")
+        self.cutout, self.cutmix = cutout, cutmix
         self.steps_per_epoch = self.n // batch_size
 
     def order(self, epoch) -> tf.Tensor:
@@ -197,6 +236,16 @@ class Batches:
         if self.cutout:
             x = cutout(x, self.cutout, self.seed, step)
         return x, tf.gather(self.labels, idx)
+
+    def mixed_batch(self, order: tf.Tensor, step) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """`train_batch`, then CutMix when `cutmix` > 0: (x [B, H, W, C], labels [B], partner labels [B],
+        share []), the target of image b being share * onehot(labels[b]) + (1 - share) * onehot(partner[b]).
+        Without CutMix: partner = labels and share = 1."""
+        x, y = self.train_batch(order, step)
+        if not self.cutmix:
+            return x, y, y, tf.constant(1.0)
+        x, partner, share = cutmix(x, y, self.cutmix, self.seed, step)
+        return x, y, partner, share
 
     @property
     def num_eval_batches(self) -> int:

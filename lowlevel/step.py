@@ -19,14 +19,18 @@ from lowlevel import distribute, ema, layers, optim, pipeline, runs
 from lowlevel.config import Config
 
 
-def cross_entropy(logits, labels, smoothing: float = 0.0) -> tf.Tensor:
-    """Mean over the batch of  -sum_k q_k log softmax(logits)_k,  q = (1 - s) onehot(y) + s / K.
+def cross_entropy(logits, labels, smoothing: float = 0.0, partner=None, share=1.0) -> tf.Tensor:
+    """Mean over the batch of  -sum_k q_k log softmax(logits)_k,  q = (1 - s) t + s / K,  with the target
+    t = onehot(y), or with CutMix (pipeline.cutmix) t = share onehot(y) + (1 - share) onehot(y').
 
-    logits [B, K] float, labels [B] int -> scalar.
+    logits [B, K] float, labels y [B] int, partner labels y' [B] int or None, share scalar -> scalar.
     """
     log_p = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # [B, K]
     k = logits.shape[-1]
-    q = tf.one_hot(labels, k) * (1.0 - smoothing) + smoothing / k  # [B, K]
+    t = tf.one_hot(labels, k)  # [B, K]
+    if partner is not None:
+        t = share * t + (1.0 - share) * tf.one_hot(partner, k)
+    q = t * (1.0 - smoothing) + smoothing / k  # [B, K]
     return tf.reduce_mean(-tf.reduce_sum(q * log_p, axis=-1))
 
 
@@ -111,11 +115,12 @@ class Trainer(tf.Module):
         """One training step (on one replica, in strategy.run: see lowlevel/distribute.py, where with one
         device the slicing and the sums are the identity): this replica's slice of the global batch, the
         global mean loss's gradients all-reduced, the same update everywhere.  Returns the learning rate."""
-        x, y = distribute.local_slice(*self.train.train_batch(order, step))  # [B/R, H, W, C], [B/R]
+        x, y, partner, share = self.train.mixed_batch(order, step)  # the global batch (CutMix: its partners)
+        x, y, partner = distribute.local_slice(x, y, partner)  # [B/R, H, W, C], [B/R], [B/R]
         params = self.model.trainable_variables
         with tf.GradientTape() as tape:  # dropout's masks: slices of the global batch's (layers.dropout)
             logits = self.model(x, training=True, seed=pipeline.dropout_key(self.cfg.seed, step))  # [B/R, K]
-            loss = cross_entropy(logits, y, self.cfg.label_smoothing)  # the slice's mean
+            loss = cross_entropy(logits, y, self.cfg.label_smoothing, partner, share)  # the slice's mean
             share = loss / self.replicas  # summed over the replicas: the global batch's mean
             scaled = share * self.loss_scale.scale if self.loss_scale is not None else share
         grads = distribute.all_reduce_sum(tape.gradient(scaled, params))

@@ -227,3 +227,68 @@ def test_a_training_batch_is_the_cutout_of_the_batch_without_it():
     np.testing.assert_array_equal(cut.eval_batch(0)[0].numpy(), plain.eval_batch(0)[0].numpy())  # eval: none
     with pytest.raises(ValueError, match="--cutout must be between 0 and 8 pixels, not 9"):
         Batches(x, y, Normalization.of(x), batch_size=10, cutout=9)
+
+
+def _cutmix_by_hand(x, y, u, perm, prob):
+    """pipeline.cutmix's formula in numpy, from its draws: (x', y', share)."""
+    h, w = x.shape[1:3]
+    if not u[0] < prob:
+        return x, y[perm], 1.0
+    cut = np.sqrt(1.0 - np.float32(u[1]))
+    rows, cols = int(np.float32(cut) * h), int(np.float32(cut) * w)
+    top, left = int(np.float32(u[2]) * h) - rows // 2, int(np.float32(u[3]) * w) - cols // 2
+    r0, r1, c0, c1 = max(top, 0), min(top + rows, h), max(left, 0), min(left + cols, w)
+    out = x.copy()
+    out[:, r0:r1, c0:c1] = x[perm][:, r0:r1, c0:c1]
+    return out, y[perm], 1.0 - max(r1 - r0, 0) * max(c1 - c0, 0) / (h * w)
+
+
+def test_cutmix_against_a_hand_computation():
+    x = tf.random.stateless_normal([6, 8, 8, 3], seed=[1, 2])
+    y = tf.range(6)
+    mixed = 0
+    for step in range(40):
+        s = tf.constant(step, tf.int64)
+        got_x, got_y, share = pipeline.cutmix(x, y, 0.5, 3, s)
+        u, perm = (t.numpy() for t in pipeline.cutmix_draws(6, 3, s))
+        want_x, want_y, want_share = _cutmix_by_hand(x.numpy(), y.numpy(), u, perm, 0.5)
+        np.testing.assert_array_equal(got_x.numpy(), want_x)
+        np.testing.assert_array_equal(got_y.numpy(), want_y)
+        assert float(share) == pytest.approx(want_share, abs=1e-7)
+        assert sorted(perm) == list(range(6))  # a permutation: every image is someone's partner once
+        mixed += float(share) < 1.0
+    assert 10 <= mixed <= 30  # about half of the 40 batches (a box of no pixel, share 1, is possible but rare)
+    np.testing.assert_array_equal(pipeline.cutmix(x, y, 0.0, 3, tf.constant(5, tf.int64))[0].numpy(), x.numpy())
+
+
+def test_cutmix_draws_mix_prob_of_the_batches_with_a_uniform_box_share():
+    """Over 4,000 steps: the batch is mixed with probability prob, lam is uniform, and the share of
+    pixels a mixed image keeps is, on average, what the box sizes and the clipping give."""
+    n, prob, side = 4000, 0.3, 32
+    draws = np.array([pipeline.cutmix_draws(2, 7, tf.constant(s, tf.int64))[0].numpy() for s in range(n)])
+    assert abs(np.mean(draws[:, 0] < prob) - prob) < 4 * np.sqrt(prob * (1 - prob) / n)  # binomial: 4 sd
+    lam = draws[:, 1]
+    assert abs(lam.mean() - 0.5) < 4 * np.sqrt(1 / 12 / n) and abs(np.mean(lam < 0.25) - 0.25) < 0.03
+    x, y = np.zeros([2, side, side, 1], np.float32), np.arange(2)
+    shares = np.array([_cutmix_by_hand(x, y, np.array([0.0, *u[1:]]), np.arange(2), 1.0)[2] for u in draws])
+    assert 0.55 < shares.mean() < 0.75  # no clipping would give E[lam] = 0.5; boxes past the border keep more
+    assert (shares > 0).all() and (shares <= 1).all()
+
+
+def test_a_mixed_training_batch_is_the_cutmix_of_the_batch_without_it():
+    x, y = _images(45)
+    plain = Batches(x, y, Normalization.of(x), batch_size=10, seed=2)
+    mixed = Batches(x, y, Normalization.of(x), batch_size=10, seed=2, cutmix=1.0)
+    order, step = plain.order(0), tf.constant(2, tf.int64)
+    xb, yb = plain.train_batch(order, step)
+    want_x, want_partner, want_share = pipeline.cutmix(xb, yb, 1.0, 2, step)  # keyed by the Batches' seed
+    got_x, got_y, got_partner, got_share = mixed.mixed_batch(order, step)
+    np.testing.assert_array_equal(got_x.numpy(), want_x.numpy())
+    np.testing.assert_array_equal(got_y.numpy(), yb.numpy())
+    np.testing.assert_array_equal(got_partner.numpy(), want_partner.numpy())
+    assert float(got_share) == float(want_share) < 1.0 and not np.array_equal(got_x.numpy(), xb.numpy())
+    x0, y0, partner, share = plain.mixed_batch(order, step)  # without CutMix: the batch, its labels twice
+    np.testing.assert_array_equal(x0.numpy(), xb.numpy())
+    assert np.array_equal(partner.numpy(), yb.numpy()) and float(share) == 1.0
+    with pytest.raises(ValueError, match="--cutmix must be a probability between 0 and 1, not 1.5"):
+        Batches(x, y, Normalization.of(x), batch_size=10, cutmix=1.5)

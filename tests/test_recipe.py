@@ -1,6 +1,7 @@
 """The recipe's tricks: the weights' moving average, test-time augmentation (flip, flip-shift), weight
-decay by kind of parameter, the one-cycle schedule; each against a closed form or a hand computation, and
-EMA through a stopped and resumed run."""
+decay by kind of parameter, the one-cycle schedule, CutMix (its batches: tests/test_pipeline.py, its loss:
+tests/test_train.py); each against a closed form or a hand computation, and EMA and CutMix through a stopped
+and resumed run."""
 import json
 import shutil
 
@@ -13,7 +14,7 @@ from lowlevel import ema, optim, pipeline, step
 from lowlevel.config import Config
 from lowlevel.nets.mobilenet import MobileNetV1
 
-from conftest import STRAIGHT, one_error, same_run, weights
+from conftest import SMALL, SMALL_VALUES, STRAIGHT, one_error, same_run, weights
 
 
 class Pair(tf.Module):
@@ -221,3 +222,21 @@ def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, d
               "trained with --ema 0", "leave out --weights averaged")
     config = json.loads((runs / "s" / "config.json").read_text())
     assert config["ema"] == 0.9 and config["tta"] == "flip"
+
+
+@pytest.mark.slow
+def test_a_cutmix_run_resumes_bitwise_and_trains_other_weights(tmp_path, data, cli, small):
+    """--cutmix 1: every batch mixed, keyed by (seed, step); stopped mid-epoch and resumed, the run ends as the
+    uninterrupted one; its weights are not those of the same run without CutMix (`small`)."""
+    flags = ["--data", data, *SMALL, "--cutmix", "1"]
+    assert cli("train", tmp_path, *flags, "--run-name", "s")[0] == 0
+    status, out, err = cli("train", tmp_path, *flags, "--run-name", "r", "--max-steps", "13")
+    assert status == 0 and "stopped (--max-steps 13)" in out, err
+    assert cli("train", tmp_path, "--run-name", "r", "--resume")[0] == 0
+    runs = tmp_path / "checkpoints"
+    same_run(runs / "r", runs / "s", SMALL_VALUES)
+    mixed, plain = weights(runs / "s" / "ckpt-30"), weights(small[0] / "ckpt-30")
+    assert [k for k in mixed if k.startswith("model/") and not np.array_equal(mixed[k], plain[k])]
+    assert json.loads((runs / "s" / "config.json").read_text())["cutmix"] == 1.0
+    one_error(*cli("train", tmp_path, *flags, "--run-name", "x", "--cutmix", "1.5")[::2],
+              "--cutmix is a probability and must be in [0, 1], not 1.5")

@@ -278,6 +278,7 @@ def test_an_existing_run_and_a_resume_that_would_change_it_are_refused(tmp_path,
 
 
 def test_label_smoothed_cross_entropy_is_keras_categorical_crossentropy():
+    """With one label per image, and with CutMix's two in proportion (share)."""
     import keras
     from lowlevel.step import cross_entropy
     logits = tf.random.stateless_normal([64, 10], seed=[3, 4]) * 3
@@ -285,6 +286,14 @@ def test_label_smoothed_cross_entropy_is_keras_categorical_crossentropy():
     for s in (0.0, 0.1, 0.3):
         ref = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s)(tf.one_hot(labels, 10), logits)
         np.testing.assert_allclose(float(cross_entropy(logits, labels, s)), float(ref), rtol=1e-6)
+    partner = tf.random.stateless_uniform([64], seed=[7, 8], maxval=10, dtype=tf.int32)  # CutMix's targets
+    for s, share in ((0.0, 0.7), (0.1, 0.25), (0.1, 1.0)):
+        mixed = share * tf.one_hot(labels, 10) + (1 - share) * tf.one_hot(partner, 10)
+        ref = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s)(mixed, logits)
+        got = cross_entropy(logits, labels, s, partner, tf.constant(share))
+        np.testing.assert_allclose(float(got), float(ref), rtol=1e-6)
+        both = share * cross_entropy(logits, labels, s) + (1 - share) * cross_entropy(logits, partner, s)
+        np.testing.assert_allclose(float(got), float(both), rtol=1e-6)  # linear in the target
 
 
 def test_second_sigint_stops_at_once_without_a_traceback(monkeypatch, capsys, data, tmp_path):
