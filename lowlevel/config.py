@@ -139,8 +139,8 @@ class Config:
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not the current default.
-    BEFORE_ADDED = {"cutout": 0, "cutmix": 0.0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0, "tta": "none",
-                    "ema": 0.0}
+    BEFORE_ADDED = {"cutout": 0, "cutmix": 0.0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0,
+                    "tta": "none", "ema": 0.0}
 
     def check(self, source: str = "") -> "Config":
         """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`).

@@ -115,12 +115,12 @@ class Trainer(tf.Module):
         """One training step (on one replica, in strategy.run: see lowlevel/distribute.py, where with one
         device the slicing and the sums are the identity): this replica's slice of the global batch, the
         global mean loss's gradients all-reduced, the same update everywhere.  Returns the learning rate."""
-        x, y, partner, share = self.train.mixed_batch(order, step)  # the global batch (CutMix: its partners)
+        x, y, partner, kept = self.train.mixed_batch(order, step)  # the global batch; CutMix: partners, pixels kept
         x, y, partner = distribute.local_slice(x, y, partner)  # [B/R, H, W, C], [B/R], [B/R]
         params = self.model.trainable_variables
         with tf.GradientTape() as tape:  # dropout's masks: slices of the global batch's (layers.dropout)
             logits = self.model(x, training=True, seed=pipeline.dropout_key(self.cfg.seed, step))  # [B/R, K]
-            loss = cross_entropy(logits, y, self.cfg.label_smoothing, partner, share)  # the slice's mean
+            loss = cross_entropy(logits, y, self.cfg.label_smoothing, partner, kept)  # the slice's mean
             share = loss / self.replicas  # summed over the replicas: the global batch's mean
             scaled = share * self.loss_scale.scale if self.loss_scale is not None else share
         grads = distribute.all_reduce_sum(tape.gradient(scaled, params))
