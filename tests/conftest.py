@@ -161,8 +161,9 @@ def colours(tmp_path_factory):
     int8 file's agreement with it means something), exported in every format: (run, export folder).
     At full width: narrower ones learn the colours in 15 epochs for some seeds only (width 0.25: test
     accuracy 60-100% over seeds 0-2, width 1: 99-100% over seeds 0-3).  At a peak rate of 0.05: 100% in
-    each of nine runs (seeds 0-3 with 1 or 2 intra-op threads, oneDNN capped at AVX2, Eigen), where 0.1
-    ended two of six such runs at 90% (one class lost), under the 95% test_export.py asks of it.
+    each of nine runs (seeds 0-1 with 1 and 2 intra-op threads, seeds 2-3 with 1, oneDNN capped at AVX2
+    with seed 0, Eigen with seeds 0-1), where 0.1 ended two of six runs (seeds 0-1, 1 or 2 threads, with
+    and without Cutout) at 90%, under the 95% test_export.py asks of it.
     Made once for all workers (made_once): copy it to change it."""
     from lowlevel import export
 
