@@ -122,8 +122,16 @@ def gap(a, b):  # |a - b| / |a| over every variable's change as one vector
 
 # the series' new pieces across replicas: ShuffleNetV2's channel split and shuffle, EfficientNet-B0's
 # residual sums, squeeze-and-excitation gates and drop-path masks (MobileNetV2's and V3's blocks are its
-# block without drop-path; their activations, hard-swish among them, act on each value alone)
-PIECES = ["shufflenet-v2", "efficientnet-b0"]
+# block without drop-path; their activations, hard-swish among them, act on each value alone).  Each
+# network is built shorter by the code below, every kind of unit and block kept: depth adds no new piece,
+# and tracing and optimizing a whole network's mirrored step takes most of a minute.
+PIECES = {
+    # stages of 2 units, not (4, 8, 4): a unit of stride 2, then one of stride 1 (the channel split)
+    "shufflenet-v2": "from lowlevel.nets import shufflenet\nshufflenet.REPEATS = (2, 2, 2)",
+    # Table 1's first three rows, at most 2 blocks each: 5 blocks of kernels 3 and 5, 2 of them residual
+    "efficientnet-b0": "import dataclasses\nfrom lowlevel.nets import efficientnet\n"
+                       "efficientnet.B0 = tuple(dataclasses.replace(r, n=min(r.n, 2)) for r in efficientnet.B0[:3])",
+}
 
 
 def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
@@ -147,17 +155,18 @@ def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
     assert out["unsynced"] > 10 * out["unfused"], out
 
 
-@pytest.mark.parametrize("model", PIECES)
+@pytest.mark.parametrize("model", list(PIECES))
 def test_the_series_pieces_keep_a_mirrored_step_as_close_as_summation_order(model):
     """The same step for the lightweight series: their new pieces (squeeze-and-excitation, channel split
     and shuffle, residual sums, drop-path masks sliced from the global batch's) must not part the two
-    devices further than summation order does (MobileNet v1's yardstick, above: 1.2%).  Measured: 0.0003%
-    (EfficientNet-B0) to 1.1% (ShuffleNetV2) of the update's norm; EfficientNet-B0 with each replica
-    drawing its own drop-path masks: 9.7%."""
-    out = in_two_devices(ONE_STEP + textwrap.dedent(f"""
+    devices further than summation order does.  Measured on the shorter networks of PIECES: 0.0004%
+    (EfficientNet-B0) and 0.02% (ShuffleNetV2) of the update's norm (the whole networks, where depth
+    amplifies rounding: 0.0003% and 1.1%); EfficientNet-B0 with every replica taking the first slice of the
+    drop-path masks, as if each drew its own: 2.8% (the whole network: 9.7%).  So the bound is 0.5%."""
+    out = in_two_devices(ONE_STEP + PIECES[model] + textwrap.dedent(f"""
         print(json.dumps({{"gap": gap(update("default", model={model!r}), update("mirrored", model={model!r}))}}))
     """))
-    assert out["gap"] < 0.02, out
+    assert out["gap"] < 0.005, out
 
 
 MIRRORED = ["--epochs", "2", "--batch-size", "16", "--steps-per-call", "2"]  # with TINY: 5 steps per epoch
