@@ -122,9 +122,9 @@ def gap(a, b):  # |a - b| / |a| over every variable's change as one vector
 
 # Each network is built shorter by this code (every kind of block kept): what is checked across replicas
 # does not depend on depth, and tracing and optimizing a whole network's mirrored step takes most of a minute.
+BLOCKS = 6  # MobileNet's stem and its first 6 separable blocks of 13: strides 1, 2, 1, 2, 1, 2
 SHORTER = {
-    # the stem and the first 6 separable blocks of 13: strides 1, 2, 1, 2, 1, 2
-    "mobilenet": "from lowlevel.nets import mobilenet\nmobilenet.BODY = mobilenet.BODY[:6]",
+    "mobilenet": f"from lowlevel.nets import mobilenet\nmobilenet.BODY = mobilenet.BODY[:{BLOCKS}]",
     # stages of 2 units, not (4, 8, 4): a unit of stride 2, then one of stride 1 (the channel split)
     "shufflenet-v2": "from lowlevel.nets import shufflenet\nshufflenet.REPEATS = (2, 2, 2)",
     # Table 1's first three rows, at most 2 blocks each: 5 blocks of kernels 3 and 5, 2 of them residual
@@ -176,16 +176,24 @@ def test_the_series_pieces_keep_a_mirrored_step_as_close_as_summation_order(mode
 MIRRORED = ["--epochs", "2", "--batch-size", "16", "--steps-per-call", "2"]  # with TINY: 5 steps per epoch
 
 
+def shorter_train(*args) -> list:
+    """The arguments of `python -m lowlevel.train ARGS` for subprocess or warm.run, MobileNet built as SHORTER
+    builds it (its runs below are all of that network: what they check does not depend on depth)."""
+    code = SHORTER["mobilenet"] + ("\nimport runpy, sys\nsys.argv[0] = 'lowlevel.train'\n"
+                                   "runpy.run_module('lowlevel.train', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code, *map(str, args)]
+
+
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory, data):
     """Runs of `train --strategy mirrored` on 2 logical CPUs, in one process: "seven", 7 steps straight;
-    "parts", stopped at step 3 and resumed to 7; "mixed", 5 steps on one device, then 2 on two.
-    Made once for all workers (conftest.made_once): copy a run to change it."""
+    "parts", stopped at step 3 and resumed to 7; "mixed", 5 steps on one device, then 2 on two; MobileNet
+    as SHORTER builds it.  Made once for all workers (conftest.made_once): copy a run to change it."""
     from conftest import TINY, made_once
 
     def make(cwd):
         args = ["--data", str(data), *TINY, *MIRRORED]
-        statuses = in_two_devices(f"""
+        statuses = in_two_devices(SHORTER["mobilenet"] + textwrap.dedent(f"""
             import os
             os.chdir({str(cwd)!r})
             from lowlevel import train
@@ -195,17 +203,21 @@ def mirrored(tmp_path_factory, data):
                 train.main(["--run-name", "parts", "--resume", "--strategy", "mirrored", "--max-steps", "7"]),
                 train.main({[*args, "--run-name", "mixed", "--max-steps", "5"]!r}),
                 train.main(["--run-name", "mixed", "--resume", "--strategy", "mirrored", "--max-steps", "7"])]))
-        """)
+        """))
         assert statuses == [0, 0, 0, 0, 0]
 
     return made_once(tmp_path_factory, "mirrored", make) / "checkpoints"
 
 
-def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(tmp_path, mirrored, cli):
+def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(tmp_path, mirrored, cli,
+                                                                              monkeypatch):
     """python -m lowlevel.train --strategy mirrored on 2 logical CPUs: stopped and resumed it ends with
     the very weights of the uninterrupted 2-replica run; its checkpoint evaluates on one device and
     resumes there; a one-device checkpoint resumes on two."""
     import shutil
+
+    from lowlevel.nets import mobilenet
+    monkeypatch.setattr(mobilenet, "BODY", mobilenet.BODY[:BLOCKS])  # as SHORTER builds it, in this process
 
     assert_same_weights(mirrored / "seven" / "ckpt-7", mirrored / "parts" / "ckpt-7")
     assert (mirrored / "mixed" / "ckpt-7.index").is_file()  # 1 replica, then 2
@@ -264,17 +276,16 @@ def free_ports(n: int) -> list[int]:
 
 
 def start_workers(cwd, args, n: int = 2) -> list[subprocess.Popen]:
-    """n processes of `python -m lowlevel.train ARGS --strategy multi-worker` on 127.0.0.1, each with its
-    TF_CONFIG, and TMPDIR inside cwd (where the other workers' temporary run folders go)."""
+    """n processes of `python -m lowlevel.train ARGS --strategy multi-worker` (shorter_train) on 127.0.0.1,
+    each with its TF_CONFIG, and TMPDIR inside cwd (where the other workers' temporary run folders go)."""
     ports, tmp = free_ports(n), Path(cwd) / "tmp"
     tmp.mkdir()
     procs = []
     for i in range(n):
         config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
         env = dict(ENV, TF_CONFIG=json.dumps(config), TMPDIR=str(tmp))
-        procs.append(subprocess.Popen([sys.executable, "-m", "lowlevel.train", *map(str, args),
-                                       "--strategy", "multi-worker"], cwd=cwd, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        procs.append(subprocess.Popen(shorter_train(*args, "--strategy", "multi-worker"), cwd=cwd, env=env,
+                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return procs
 
 
@@ -319,7 +330,8 @@ def test_a_killed_worker_makes_the_other_stop_with_one_sentence(tmp_path, data, 
     traceback) and removes its temporary folder, and the chief's checkpoint continues in one process
     (a checkpoint of 2 replicas resumed by 1).  (Killing worker 1 instead stops the chief the same
     way; that case is left out to keep the suite short.)"""
-    from conftest import TINY, run_module
+    import warm
+    from conftest import TINY
 
     procs = workers(tmp_path, ["--data", data, "--epochs", "200", *TINY, "--batch-size", "16", "--run-name", "mw"])
     run = tmp_path / "checkpoints" / "mw"
@@ -338,5 +350,6 @@ def test_a_killed_worker_makes_the_other_stop_with_one_sentence(tmp_path, data, 
     assert "start every worker again with: python -m lowlevel.train" in last and "Traceback" not in err
     assert waited < 60, waited
     assert not list((tmp_path / "tmp").glob("lowlevel-worker-*"))  # (the killed one leaves AutoGraph's files)
-    run_module("train", tmp_path, "--run-name", "mw", "--resume", "--max-steps", "12")
+    resumed = warm.run(shorter_train("--run-name", "mw", "--resume", "--max-steps", "12"), tmp_path, ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run / "ckpt-12.index").is_file()
