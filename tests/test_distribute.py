@@ -320,7 +320,8 @@ def test_two_worker_processes_train_what_two_devices_train_and_only_the_chief_wr
     assert_same_weights(run / "ckpt-7", two / "ckpt-7")
     written = sorted(p.name for p in run.rglob("*"))
     assert written == sorted(p.name for p in two.rglob("*"))  # what one process writes
-    timeless = [(row.split(",")[:-3]) for row in (run / "history.csv").read_text().splitlines()]  # timings and kernels aside
+    # timings and kernels aside
+    timeless = [(row.split(",")[:-3]) for row in (run / "history.csv").read_text().splitlines()]
     assert timeless == [(row.split(",")[:-3]) for row in (two / "history.csv").read_text().splitlines()]
 
 
