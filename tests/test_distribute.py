@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ENV, assert_same_weights, one_error
+import shorter
 
 
 pytestmark = pytest.mark.slow  # subprocesses and trained runs: left out of -m "not slow"
@@ -120,17 +121,6 @@ def gap(a, b):  # |a - b| / |a| over every variable's change as one vector
 """
 
 
-# Each network is built shorter by this code (every kind of block kept): what is checked across replicas
-# does not depend on depth, and tracing and optimizing a whole network's mirrored step takes most of a minute.
-BLOCKS = 6  # MobileNet's stem and its first 6 separable blocks of 13: strides 1, 2, 1, 2, 1, 2
-SHORTER = {
-    "mobilenet": f"from lowlevel.nets import mobilenet\nmobilenet.BODY = mobilenet.BODY[:{BLOCKS}]",
-    # stages of 2 units, not (4, 8, 4): a unit of stride 2, then one of stride 1 (the channel split)
-    "shufflenet-v2": "from lowlevel.nets import shufflenet\nshufflenet.REPEATS = (2, 2, 2)",
-    # Table 1's first three rows, at most 2 blocks each: 5 blocks of kernels 3 and 5, 2 of them residual
-    "efficientnet-b0": "import dataclasses\nfrom lowlevel.nets import efficientnet\n"
-                       "efficientnet.B0 = tuple(dataclasses.replace(r, n=min(r.n, 2)) for r in efficientnet.B0[:3])",
-}
 # the series' new pieces across replicas: ShuffleNetV2's channel split and shuffle, EfficientNet-B0's
 # residual sums, squeeze-and-excitation gates and drop-path masks (MobileNetV2's and V3's blocks are its
 # block without drop-path; their activations, hard-swish among them, act on each value alone)
@@ -145,11 +135,11 @@ def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
     later batch norm spreads that over its channel.  The yardstick is a second, equally valid
     one-device computation that differs only in summation order, the unfused batch norm: the
     mirrored step's update must be as close to the one-device update as that one is, and
-    without sync batch norm it is far from it.  (Measured on SHORTER's 6 blocks: 0.26% and 0.16% of
+    without sync batch norm it is far from it.  (Measured on its 6 blocks, tests/shorter.py: 0.26% and 0.16% of
     the update's norm, without sync 18.7%; the whole network of 13 amplifies rounding: 2.8%, 2.8% and
     138%.  Over several steps even the two one-device runs come to differ by tens of percent, so one
     step is compared.)"""
-    out = in_two_devices(ONE_STEP + SHORTER["mobilenet"] + textwrap.dedent("""
+    out = in_two_devices(ONE_STEP + shorter.code("mobilenet") + textwrap.dedent("""
         one = update("default")
         print(json.dumps({"unfused": gap(one, update("default", fused=False)), "mirrored": gap(one, update("mirrored")),
                           "unsynced": gap(one, update("mirrored", sync=False))}))
@@ -163,11 +153,11 @@ def test_a_mirrored_step_equals_a_one_device_step_up_to_summation_order():
 def test_the_series_pieces_keep_a_mirrored_step_as_close_as_summation_order(model):
     """The same step for the lightweight series: their new pieces (squeeze-and-excitation, channel split
     and shuffle, residual sums, drop-path masks sliced from the global batch's) must not part the two
-    devices further than summation order does.  Measured on SHORTER's networks: 0.0004%
+    devices further than summation order does.  Measured on tests/shorter.py's networks: 0.0004%
     (EfficientNet-B0) and 0.02% (ShuffleNetV2) of the update's norm (the whole networks, where depth
     amplifies rounding: 0.0003% and 1.1%); EfficientNet-B0 with every replica taking the first slice of the
-    drop-path masks, as if each drew its own: 2.8% (the whole network: 9.7%).  So the bound is 0.5%."""
-    out = in_two_devices(ONE_STEP + SHORTER[model] + textwrap.dedent(f"""
+    drop-path masks, as if each drew its own: 3.7% (the whole network: 9.7%).  So the bound is 0.5%."""
+    out = in_two_devices(ONE_STEP + shorter.code(model) + textwrap.dedent(f"""
         print(json.dumps({{"gap": gap(update("default", model={model!r}), update("mirrored", model={model!r}))}}))
     """))
     assert out["gap"] < 0.005, out
@@ -177,10 +167,10 @@ MIRRORED = ["--epochs", "2", "--batch-size", "16", "--steps-per-call", "2"]  # w
 
 
 def shorter_train(*args) -> list:
-    """The arguments of `python -m lowlevel.train ARGS` for subprocess or warm.run, MobileNet built as SHORTER
-    builds it (its runs below are all of that network: what they check does not depend on depth)."""
-    code = SHORTER["mobilenet"] + ("\nimport runpy, sys\nsys.argv[0] = 'lowlevel.train'\n"
-                                   "runpy.run_module('lowlevel.train', run_name='__main__', alter_sys=True)")
+    """The arguments of `python -m lowlevel.train ARGS` for subprocess or warm.run, MobileNet built as
+    tests/shorter.py builds it (its runs below are all of that network: what they check does not depend on depth)."""
+    code = shorter.code("mobilenet") + ("import runpy, sys\nsys.argv[0] = 'lowlevel.train'\n"
+                                          "runpy.run_module('lowlevel.train', run_name='__main__', alter_sys=True)")
     return [sys.executable, "-c", code, *map(str, args)]
 
 
@@ -188,12 +178,12 @@ def shorter_train(*args) -> list:
 def mirrored(tmp_path_factory, data):
     """Runs of `train --strategy mirrored` on 2 logical CPUs, in one process: "seven", 7 steps straight;
     "parts", stopped at step 3 and resumed to 7; "mixed", 5 steps on one device, then 2 on two; MobileNet
-    as SHORTER builds it.  Made once for all workers (conftest.made_once): copy a run to change it."""
+    as tests/shorter.py builds it.  Made once for all workers (conftest.made_once): copy a run to change it."""
     from conftest import TINY, made_once
 
     def make(cwd):
         args = ["--data", str(data), *TINY, *MIRRORED]
-        statuses = in_two_devices(SHORTER["mobilenet"] + textwrap.dedent(f"""
+        statuses = in_two_devices(shorter.code("mobilenet") + textwrap.dedent(f"""
             import os
             os.chdir({str(cwd)!r})
             from lowlevel import train
@@ -216,8 +206,7 @@ def test_a_mirrored_run_resumes_bitwise_and_its_checkpoints_load_on_one_device(t
     resumes there; a one-device checkpoint resumes on two."""
     import shutil
 
-    from lowlevel.nets import mobilenet
-    monkeypatch.setattr(mobilenet, "BODY", mobilenet.BODY[:BLOCKS])  # as SHORTER builds it, in this process
+    shorter.shorten("mobilenet", monkeypatch.setattr)  # as the runs were built, in this process
 
     assert_same_weights(mirrored / "seven" / "ckpt-7", mirrored / "parts" / "ckpt-7")
     assert (mirrored / "mixed" / "ckpt-7.index").is_file()  # 1 replica, then 2

@@ -263,8 +263,12 @@ SHAPES = {"alexnet": (64, 64, 3)}  # smaller than 224, as the networks allow
 # every network but VGG16: its rows (3x3 convolutions, max-pools, dense 4096 and dropout) are vgg-blocks'
 # and AlexNet's, and its 33.7M weights (at 32x32) would make it the slowest conversion
 @pytest.mark.parametrize("name", [n for n in nets.NETS if n != "vgg16"])
-def test_every_network_exports(name):
-    """SavedModel function and float LiteRT equal the network; int8 converts with int8 convolutions."""
+def test_every_network_exports(monkeypatch, name):
+    """SavedModel function and float LiteRT equal the network; int8 converts with int8 convolutions.  (The
+    series shorter, tests/shorter.py: every kind of block converts the same at any depth.)"""
+    from shorter import shorten
+
+    shorten(name, monkeypatch.setattr)
     entry = nets.NETS[name]
     shape = SHAPES.get(name, entry.input_shape)
     # the width does not change the ops: the width-multiplied networks export at 0.25

@@ -257,17 +257,20 @@ def test_model_and_dataset_flags_are_checked_in_one_sentence(tmp_path, data, cli
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", THROUGH_EVERY_COMMAND)
-def test_the_lightweight_series_through_every_command(tmp_path, data, cli, name):
-    """Each new network through the same loop as MobileNet v1 (tiny width, 2 epochs of 5 steps): train, in
-    which every kernel moves (no weight decay, so only by its gradient); continued from epoch 1's checkpoint
-    (`--resume --from-checkpoint ckpt-5`, on a copy of the run) it ends with the very weights of the
-    uninterrupted run; evaluate; inspect (a row per convolution with a batch norm).  (A resume in the middle
+def test_the_lightweight_series_through_every_command(tmp_path, data, cli, monkeypatch, name):
+    """Each new network, shorter (tests/shorter.py), through the same loop as MobileNet v1 (tiny width, 2
+    epochs of 5 steps): train, in which every kernel moves (no weight decay, so only by its gradient);
+    continued from epoch 1's checkpoint (`--resume --from-checkpoint ckpt-5`, on a copy of the run) it ends
+    with the very weights of the uninterrupted run; evaluate; inspect (a row per convolution with a batch
+    norm).  (A resume in the middle
     of an epoch: MobileNet v1's tests, the same loop; export: every network in tests/test_export.py; the
     weights' moving average and TTA, which no network changes: tests/test_recipe.py.)"""
     import shutil
 
     from conftest import TINY, assert_same_weights, weights
+    from shorter import shorten
 
+    shorten(name, monkeypatch.setattr)
     args = ["--data", data, "--model", name, "--epochs", "2", *TINY, "--batch-size", "16", "--weight-decay", "0",
             "--tta", "none", "--ema", "0"]
     assert cli("train", tmp_path, "--run-name", "whole", *args)[0] == 0

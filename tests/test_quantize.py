@@ -339,7 +339,7 @@ IDEAS = {"mobilenet-v3-small": {"ADD", "HARD_SWISH", "MEAN", "MUL"},
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(IDEAS))
-def test_the_series_learns_the_ranges_no_convolution_reads_and_exports_integer_throughout(name):
+def test_the_series_learns_the_ranges_no_convolution_reads_and_exports_integer_throughout(monkeypatch, name):
     """The tensors of the int8 network that no convolution's input range covers get learned ranges
     (lightweight.Rounded's points): an inverted residual block's linear projection, shortcut and sum; a
     hard-swish's or swish's input; a squeeze-and-excitation gate's input and excitation (its gate on the
@@ -350,8 +350,10 @@ def test_the_series_learns_the_ranges_no_convolution_reads_and_exports_integer_t
     from lowlevel.nets.mobilenet_v2 import InvertedResidual
     from lowlevel.pipeline import Normalization
 
+    from shorter import shorten
     from test_export import ops
 
+    shorten(name, monkeypatch.setattr)  # every kind of block, fewer of each
     net = quantize.Quantized(nets.build(name, (32, 32, 3), 10, alpha=0.25), "per-channel")
     blocks = [m for m in net.submodules if isinstance(m, InvertedResidual)]
     assert all(("sum" in b.quantization.ranges) == b.residual for b in blocks)
@@ -501,8 +503,10 @@ def test_a_network_without_batch_norms_rounds_its_biases_and_exports_integer_thr
     from lowlevel.layers import DepthwiseConv2D
     from lowlevel.pipeline import Normalization
 
+    from shorter import shorten
     from test_export import ops
 
+    shorten(name, monkeypatch.setattr)  # every kind of block, fewer of each
     net = quantize.Quantized(nets.build(name, (32, 32, 3), 10, alpha=0.25), "per-channel")
     for i in range(3):
         net(tf.random.stateless_normal([8, 32, 32, 3], [2, i]), training=True)  # ranges
