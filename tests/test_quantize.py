@@ -503,10 +503,8 @@ def test_a_network_without_batch_norms_rounds_its_biases_and_exports_integer_thr
     from lowlevel.layers import DepthwiseConv2D
     from lowlevel.pipeline import Normalization
 
-    from shorter import shorten
     from test_export import ops
 
-    shorten(name, monkeypatch.setattr)  # every kind of block, fewer of each
     net = quantize.Quantized(nets.build(name, (32, 32, 3), 10, alpha=0.25), "per-channel")
     for i in range(3):
         net(tf.random.stateless_normal([8, 32, 32, 3], [2, i]), training=True)  # ranges
