@@ -153,12 +153,15 @@ THROUGH_EVERY_COMMAND = nets.SERIES[1:]
 
 
 @pytest.mark.parametrize("name", [n for n in nets.NETS if n not in THROUGH_EVERY_COMMAND])  # those: below
-def test_one_training_step_on_two_images(name):
+def test_one_training_step_on_two_images(monkeypatch, name):
     """The real compiled training step of lowlevel.train, on two images: the loss is finite and every kernel
-    moves (no weight decay, so only by its gradient).  (Most of the lightweight series: in
-    test_the_lightweight_series_through_every_command, through train itself.)"""
+    moves (no weight decay, so only by its gradient); the deep ones shorter (tests/shorter.py).  (Most of
+    the lightweight series: in test_the_lightweight_series_through_every_command, through train itself.)"""
     from lowlevel import pipeline
     from lowlevel.step import Trainer
+    from shorter import shorten
+
+    shorten(name, monkeypatch.setattr)
 
     entry = nets.NETS[name]
     cfg = Config(model=name, dataset=entry.dataset, batch_size=2, val_size=0, alpha=0.25, augment=False, cutout=0,
