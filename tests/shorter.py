@@ -1,6 +1,7 @@
-"""The lightweight series built shorter, for tests whose checks do not depend on depth (the loop, export,
-rounding and tf.distribute have no path of their own for any depth): every kind of block kept, fewer of
-each.  Tracing and optimizing a whole network's step takes most of such a test's time.
+"""The deeper networks (MobileNet v1, the lightweight series, Inception-v2) built shorter, for tests whose
+checks do not depend on depth (the loop, export, rounding and tf.distribute have no path of their own for
+any depth): every kind of block kept, fewer of each.  Tracing and optimizing a whole network's step takes
+most of such a test's time.
 
     shorten(name, monkeypatch.setattr)   from now on in this process, for one test
     code(name)                           the same as Python source, for a process of its own (`python -c`)
