@@ -20,6 +20,9 @@ def _rows(table, rows, most=2):
 SHORTER = {
     # the stem and the first 6 of the 13 separable blocks: strides 1, 2, 1, 2, 1, 2 on CIFAR
     "mobilenet": ("mobilenet", "BODY", lambda m: m.BODY[:6]),
+    # its twins, the same table with other blocks
+    "mobilenet-standard": ("mobilenet", "BODY", lambda m: m.BODY[:6]),
+    "mobilenet-friendly": ("mobilenet", "BODY", lambda m: m.BODY[:6]),
     # Table 2's first 4 rows, at most 2 blocks each: 7 blocks, 3 of them with a residual sum
     "mobilenet-v2": ("mobilenet_v2", "TABLE2", lambda m: _rows(m.TABLE2, 4)),
     # Table 2's first 6 rows: relu and hard-swish, with and without a squeeze-and-excitation gate, 3 residual sums

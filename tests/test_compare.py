@@ -10,7 +10,11 @@ TINY = ["--epochs", "1", "--batch-size", "8", "--val-size", "20", "--progress", 
         "--steps-per-call", "5", "--lr", "0.01"]
 
 
-def test_compare_trains_measures_and_resumes(tmp_path, data, cli):
+def test_compare_trains_measures_and_resumes(tmp_path, data, cli, monkeypatch):
+    """(MobileNet built shorter, tests/shorter.py: what compare does with a run does not depend on depth.)"""
+    from shorter import shorten
+
+    shorten("mobilenet-standard", monkeypatch.setattr)
     args = ["--data", data, "--models", "vgg-blocks-separable@0.125,mobilenet-standard@0.125", *TINY]
     status, out, err = cli("compare", tmp_path, *args)
     assert status == 0, err

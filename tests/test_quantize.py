@@ -288,12 +288,16 @@ def test_the_quantization_table_on_a_layer_whose_error_is_known():
 
 
 @pytest.mark.slow
-def test_an_int8_file_that_would_not_be_integer_throughout_is_refused():
+def test_an_int8_file_that_would_not_be_integer_throughout_is_refused(monkeypatch):
     """Without the range of MobileNetV3's head output (the hard-swish's result, which the pooling reads),
-    the converter would leave it and the pooling float32: export says so instead."""
+    the converter would leave it and the pooling float32: export says so instead (of the network built
+    shorter, tests/shorter.py: the head is the same at any depth)."""
     from lowlevel import export, nets, runs
     from lowlevel.pipeline import Normalization
 
+    from shorter import shorten
+
+    shorten("mobilenet-v3-small", monkeypatch.setattr)
     net = quantize.Quantized(nets.build("mobilenet-v3-small", (32, 32, 3), 10, alpha=0.25), "per-channel")
     net(tf.random.stateless_normal([4, 32, 32, 3], [0, 6]), training=True)  # ranges
     net.net.quantization = None  # the fault: the network's own points (stem, head, last, features) unrounded
@@ -304,15 +308,19 @@ def test_an_int8_file_that_would_not_be_integer_throughout_is_refused():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", quantize.SCHEMES)
-def test_the_friendly_network_rounds_its_depthwise_kernels_as_they_are_and_exports_integer_throughout(scheme):
+def test_the_friendly_network_rounds_its_depthwise_kernels_as_they_are_and_exports_integer_throughout(
+        monkeypatch, scheme):
     """mobilenet-friendly's depthwise convolutions have neither batch norm nor bias: QAT rounds their kernels
     unfolded (per channel or per tensor, as the scheme says), the pointwise ones folded, and the int8 file
-    from the learned ranges is integer throughout (export.to_tflite checks it)."""
+    from the learned ranges is integer throughout (export.to_tflite checks it).  (Built shorter,
+    tests/shorter.py: every block is alike.)"""
     from lowlevel import export, nets
     from lowlevel.pipeline import Normalization
 
+    from shorter import shorten
     from test_export import ops
 
+    shorten("mobilenet-friendly", monkeypatch.setattr)
     net = quantize.Quantized(nets.build("mobilenet-friendly", (32, 32, 3), 10, alpha=0.25), scheme)
     block = net.blocks[3]
     kernel = block.depthwise.kernel
