@@ -27,6 +27,7 @@ from lowlevel.errors import ConfigError
 from lowlevel.nets import NETS
 
 TTA = ("none", "flip", "flip-shift")  # test-time augmentation: lowlevel.step.log_probabilities
+FLIPS = ("random", "alternate")  # the horizontal flip of training images: lowlevel.pipeline.Batches
 # a --qat run fine-tunes a trained one (docs/quantization.md): a few epochs at a small learning rate (at
 # the float run's 0.1 a tiny EfficientNet-B0 broke down once its batch norms froze), measured without TTA
 # as its exported int8 file is, and without a moving average, which costs accuracy in runs this short
@@ -109,6 +110,9 @@ class Config:
     dataset: str = _f("", "the data set: " + ", ".join(DATASETS) + "; empty: the one the model was designed for",
                         choices=("", *DATASETS))
     augment: bool = _f(True, "random 4-pixel-padded crop and horizontal flip of training images")
+    flip: str = _f("random", "the horizontal flip of training images: random (each image at each step with "
+                             "probability 1/2) or alternate (each image at random in the first epoch, then the "
+                             "other way each epoch: Jordan, 2024; lowlevel/pipeline.py)", choices=FLIPS)
     cutout: int = _f(16, "side in pixels of the random square zeroed in each training image after "
                          "normalization, i.e. set to the mean colour (0: no cutout)")
     cutmix: float = _f(0.0, "probability that a training batch is mixed by CutMix: one random box of every image "
@@ -139,8 +143,8 @@ class Config:
 
     # Settings added after runs were already made: a config.json without one gets the value
     # that reproduces how that run was trained, not the current default.
-    BEFORE_ADDED = {"cutout": 0, "cutmix": 0.0, "model": "mobilenet", "dataset": "cifar10", "split_seed": 0,
-                    "tta": "none", "ema": 0.0}
+    BEFORE_ADDED = {"cutout": 0, "cutmix": 0.0, "flip": "random", "model": "mobilenet", "dataset": "cifar10",
+                    "split_seed": 0, "tta": "none", "ema": 0.0}
 
     def check(self, source: str = "") -> "Config":
         """Refuse a setting no run can have, in one sentence (the data's sizes: `check_data`).

@@ -336,7 +336,7 @@ def graph(checkpoint: str, best: bool = False, data_path: str = "") -> Path:
     cfg, data = loaded.config, loaded.data
     n = 2 * cfg.batch_size  # two batches: the graph does not depend on the data's size
     batches = pipeline.Batches(data.train_images[:n], data.train_labels[:n], loaded.normalization, cfg.batch_size,
-                               cfg.seed, augment=cfg.augment, cutout=cfg.cutout, cutmix=cfg.cutmix)
+                               cfg.seed, augment=cfg.augment, cutout=cfg.cutout, cutmix=cfg.cutmix, flip=cfg.flip)
     trainer = Trainer(cfg, batches, num_classes=len(data.label_names))
     out = loaded.run / f"inspect-{runs.step_of(loaded.prefix)}" / "graph"
     try:

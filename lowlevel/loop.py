@@ -80,7 +80,7 @@ class Loop:
         # the training images' statistics; a resumed run restores the ones it started with
         norm = runs.normalization_type(cfg).of(train_x)
         self.train = pipeline.Batches(train_x, train_y, norm, cfg.batch_size, cfg.seed, augment=cfg.augment,
-                                      cutout=cfg.cutout, cutmix=cfg.cutmix)
+                                      cutout=cfg.cutout, cutmix=cfg.cutmix, flip=cfg.flip)
         self.cfg, self.run, self.data = cfg, run, data
         self.out = out or run
         self.chief = self.out == run

@@ -9,6 +9,7 @@ Every random choice is a pure function of (seed, epoch) or (seed, step):
     order of epoch e         = argsort(uniform(N; key = fold_in(seed, SHUFFLE, e)))
     crop offsets of step s   = uniform(...; key = fold_in(seed, AUGMENT, s))
     flips of step s          = uniform(...; key = fold_in(seed, FLIP, s))
+    or, alternating, image i = uniform(...; key = fold_in(seed, FIRST_FLIP, 0))[i] xor (epoch is odd)
     cutout squares of step s = uniform(...; key = fold_in(seed, CUTOUT, s))
     cutmix box of step s     = uniform(...; key = fold_in(seed, CUTMIX, s)), partners likewise
     dropout masks of step s  = key fold_in(seed, DROPOUT, s)
@@ -21,9 +22,11 @@ from __future__ import annotations
 import numpy as np
 from lowlevel._tf import tf
 
+from lowlevel.config import FLIPS
+
 PAD = 4  # pixels of zero padding before the random 32x32 crop
 # the random streams' ids, so that no two share a key
-_SHUFFLE, _AUGMENT, _DROPOUT, _CUTOUT, _FLIP, _CUTMIX, _PARTNER = 1, 2, 3, 4, 5, 6, 7
+_SHUFFLE, _AUGMENT, _DROPOUT, _CUTOUT, _FLIP, _CUTMIX, _PARTNER, _FIRST_FLIP = 1, 2, 3, 4, 5, 6, 7, 8
 
 
 class Normalization(tf.Module):
@@ -109,16 +112,36 @@ def crop_and_flip_draws(batch, seed, step) -> tuple[tf.Tensor, tf.Tensor, tf.Ten
     return offsets[:, 0:1], offsets[:, 1:2], flip
 
 
-def augment(images: tf.Tensor, seed, step) -> tf.Tensor:
+def first_flips(n: int, seed) -> tf.Tensor:
+    """bool [n]: whether each of n training images is mirrored in the first epoch of the alternating
+    flip (`alternating_flips`), a fair coin per image."""
+    return tf.random.stateless_uniform([n], seed=_key(seed, _FIRST_FLIP, 0), maxval=2, dtype=tf.int32) == 1
+
+
+def alternating_flips(first: tf.Tensor, idx: tf.Tensor, epoch) -> tf.Tensor:
+    """The alternating flip (Jordan, "94% on CIFAR-10 in 3.29 seconds", 2024): image i is mirrored in
+    epoch e if and only if
+
+        flip(i, e) = first[i] xor (e is odd)
+
+    so each image is seen once each way in every two epochs, where random flips show half of the images
+    the same way in both.  first: bool [N] (`first_flips`), idx: int32 [B] -> bool [B, 1]."""
+    odd = tf.cast(epoch, tf.int32) % 2 == 1
+    return tf.not_equal(tf.gather(first, idx), odd)[:, None]
+
+
+def augment(images: tf.Tensor, seed, step, flip: tf.Tensor | None = None) -> tf.Tensor:
     """Random crop after 4-pixel zero padding, and random horizontal flip.
 
     images: uint8 [B, H, W, C] -> uint8 [B, H, W, C].  Each image gets its own
-    offsets dy, dx in 0..8 and flip bit (`crop_and_flip_draws`).  The crop is two
-    batched gathers of row and column indices into the padded batch; a flip is
-    the same crop with its columns read right to left, so it costs nothing extra.
+    offsets dy, dx in 0..8 and flip bit (`crop_and_flip_draws`), or the flip bits
+    `flip` (bool [B, 1]) when given.  The crop is two batched gathers of row and
+    column indices into the padded batch; a flip is the same crop with its columns
+    read right to left, so it costs nothing extra.
     """
     b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
-    dy, dx, flip = crop_and_flip_draws(b, seed, step)  # [B, 1] each
+    dy, dx, drawn = crop_and_flip_draws(b, seed, step)  # [B, 1] each
+    flip = drawn if flip is None else flip
     padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])  # [B, H+8, W+8, C]
     rows = dy + tf.range(h)[None, :]  # [B, H]
     cols = dx + tf.where(flip, tf.range(w - 1, -1, -1)[None, :], tf.range(w)[None, :])  # [B, W]
@@ -197,10 +220,11 @@ class Batches:
     `batch_size` images per epoch, in the order `epoch_order(N, seed, epoch)`
     (the remainder, different images each epoch, waits for the next epoch).
     Evaluation: every image exactly once, in order, the last batch partial.
+    `flip`: "random" (`crop_and_flip_draws`) or "alternate" (`alternating_flips`).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, norm: Normalization,
-                 batch_size: int, seed: int = 0, augment: bool = True, cutout: int = 0, cutmix: float = 0.0):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, norm: Normalization, batch_size: int,
+                 seed: int = 0, augment: bool = True, cutout: int = 0, cutmix: float = 0.0, flip: str = "random"):
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [N, H, W, C], not {images.dtype} {list(images.shape)}.")
         if batch_size < 1:
@@ -214,6 +238,9 @@ class Batches:
         if not 0.0 <= cutmix <= 1.0:
             raise ValueError(f"--cutmix must be a probability between 0 and 1, not {cutmix}.")
         self.cutout, self.cutmix = cutout, cutmix
+        if flip not in FLIPS:
+            raise ValueError(f"--flip must be one of {', '.join(FLIPS)}, not {flip!r}.")
+        self.first_flips = first_flips(self.n, seed) if flip == "alternate" else None  # bool [N]
         self.steps_per_epoch = self.n // batch_size
 
     def order(self, epoch) -> tf.Tensor:
@@ -225,13 +252,14 @@ class Batches:
 
         Returns (float32 [B, H, W, C] normalized images, int32 [B] labels); the
         augmentation (crop and flip, then cutout when `cutout` > 0) is keyed by
-        the global `step`.
+        the global `step`; with the alternating flip, each image's flip by its epoch.
         """
-        k = tf.cast(step, tf.int32) % self.steps_per_epoch
+        epoch, k = tf.cast(step, tf.int32) // self.steps_per_epoch, tf.cast(step, tf.int32) % self.steps_per_epoch
         idx = order[k * self.batch_size:(k + 1) * self.batch_size]  # [B]
         x = tf.gather(self.images, idx)  # uint8 [B, H, W, C]
         if self.augment:
-            x = augment(x, self.seed, step)
+            flip = None if self.first_flips is None else alternating_flips(self.first_flips, idx, epoch)
+            x = augment(x, self.seed, step, flip)
         x = self.norm(x)
         if self.cutout:
             x = cutout(x, self.cutout, self.seed, step)

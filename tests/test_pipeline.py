@@ -99,6 +99,34 @@ def test_the_flip_is_a_fair_coin_and_the_crop_offsets_are_uniform():
     assert abs(flip[dy == 0].mean() - 0.5) < 0.02 and abs(flip[dy == 8].mean() - 0.5) < 0.02  # and of the flip
 
 
+def test_the_alternating_flip_mirrors_each_image_the_other_way_each_epoch():
+    """--flip alternate: in epoch 0 each image's flip is a fair coin of its own (first_flips), then it is the
+    other way each epoch; the crop offsets are the random ones of the step, as with --flip random."""
+    first = pipeline.first_flips(DRAWS, seed=0).numpy()
+    assert abs(first.mean() - 0.5) < 0.005  # 3 standard errors
+    assert abs(np.corrcoef(first[:-1], first[1:])[0, 1]) < 0.015  # neighbours independent (5 standard errors)
+    x, y = _images(20, size=8)
+    identity = Normalization([0.0] * 3, [1 / 255] * 3)  # (x / 255 - 0) / (1 / 255): the pixels as floats
+    b = Batches(x, y, identity, batch_size=10, seed=4, flip="alternate")
+    assert b.steps_per_epoch == 2
+    padded = np.pad(x, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    flips = np.zeros((4, 20), bool)  # [epoch, image]
+    for step in range(8):
+        epoch = step // 2
+        order = b.order(epoch)
+        out, _ = b.train_batch(order, step)
+        idx = order.numpy()[step % 2 * 10:][:10]
+        dy, dx, _ = (t.numpy()[:, 0] for t in pipeline.crop_and_flip_draws(10, 4, step))
+        for i, o, a, c in zip(idx, np.rint(out.numpy()).astype(np.uint8), dy, dx):
+            found = _find_crop(padded[i], o)
+            assert found[:2] == (a, c)
+            flips[epoch, i] = found[2]
+    np.testing.assert_array_equal(flips[0], pipeline.first_flips(20, 4).numpy())
+    np.testing.assert_array_equal(flips[1:], [~flips[0], flips[0], ~flips[0]])
+    with pytest.raises(ValueError, match="--flip must be one of random, alternate, not 'sideways'"):
+        Batches(x, y, identity, batch_size=10, flip="sideways")
+
+
 def test_the_cutout_centres_are_uniform_over_the_image():
     cy, cx = _draws(lambda step: pipeline.cutout_centres(1000, 32, 32, 0, step))
     assert _chi2(cy, 32) < CHI2_999[31] and _chi2(cx, 32) < CHI2_999[31]
@@ -121,12 +149,12 @@ def test_train_batches_have_fixed_size_and_cover_an_epoch():
     np.testing.assert_allclose(np.concatenate(images), b.norm(tf.constant(x[idx])).numpy())
 
 
-@pytest.mark.parametrize("cutout", [0, 4])
-def test_batch_k_is_the_same_in_a_fresh_pipeline(cutout):
+@pytest.mark.parametrize("cutout, flip", [(0, "random"), (4, "random"), (0, "alternate")])
+def test_batch_k_is_the_same_in_a_fresh_pipeline(cutout, flip):
     """What resume relies on: a new process rebuilds batch `step` from (seed, epoch, step) alone."""
     x, y = _images(45)
-    first = Batches(x, y, Normalization.of(x), batch_size=10, seed=5, cutout=cutout)
-    second = Batches(x, y, Normalization.of(x), batch_size=10, seed=5, cutout=cutout)
+    first = Batches(x, y, Normalization.of(x), batch_size=10, seed=5, cutout=cutout, flip=flip)
+    second = Batches(x, y, Normalization.of(x), batch_size=10, seed=5, cutout=cutout, flip=flip)
     for step in (0, 3, 6, 13):
         epoch = step // first.steps_per_epoch
         a = first.train_batch(first.order(epoch), step)

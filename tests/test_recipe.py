@@ -230,9 +230,10 @@ def test_a_run_with_ema_resumes_bitwise_and_evaluates_either_weights(tmp_path, d
 
 @pytest.mark.slow
 def test_a_cutmix_run_resumes_bitwise_and_trains_other_weights(tmp_path, data, cli, small):
-    """--cutmix 1: every batch mixed, keyed by (seed, step); stopped mid-epoch and resumed, the run ends as the
-    uninterrupted one; its weights are not those of the same run without CutMix (`small`)."""
-    flags = ["--data", data, *SMALL, "--cutmix", "1"]
+    """--cutmix 1: every batch mixed, keyed by (seed, step), with the alternating flip, keyed by (seed, image,
+    epoch); stopped mid-epoch and resumed, the run ends as the uninterrupted one; its weights are not those of
+    the same run without either (`small`)."""
+    flags = ["--data", data, *SMALL, "--cutmix", "1", "--flip", "alternate"]
     assert cli("train", tmp_path, *flags, "--run-name", "s")[0] == 0
     status, out, err = cli("train", tmp_path, *flags, "--run-name", "r", "--max-steps", "13")
     assert status == 0 and "stopped (--max-steps 13)" in out, err
@@ -241,6 +242,9 @@ def test_a_cutmix_run_resumes_bitwise_and_trains_other_weights(tmp_path, data, c
     same_run(runs / "r", runs / "s", SMALL_VALUES)
     mixed, plain = weights(runs / "s" / "ckpt-30"), weights(small[0] / "ckpt-30")
     assert [k for k in mixed if k.startswith("model/") and not np.array_equal(mixed[k], plain[k])]
-    assert json.loads((runs / "s" / "config.json").read_text())["cutmix"] == 1.0
+    config = json.loads((runs / "s" / "config.json").read_text())
+    assert config["cutmix"] == 1.0 and config["flip"] == "alternate"
     one_error(*cli("train", tmp_path, *flags, "--run-name", "x", "--cutmix", "1.5")[::2],
               "--cutmix is a probability and must be in [0, 1], not 1.5")
+    one_error(*cli("train", tmp_path, *flags, "--run-name", "x", "--flip", "sideways")[::2],
+              "--flip", "sideways")

@@ -57,7 +57,7 @@ def trainer(batch: int, alpha: float, steps: int, precision: str = "float32", st
     images, labels = random_images(batch * (steps + 1))
     cfg = Config(alpha=alpha, batch_size=batch, precision=precision, **{"ema": 0.0, **config})
     batches = pipeline.Batches(images, labels, pipeline.Normalization.of(images), batch, seed=0, cutout=cfg.cutout,
-                               cutmix=cfg.cutmix)
+                               cutmix=cfg.cutmix, flip=cfg.flip)
     t = Trainer(cfg, batches, strategy=strategy)
     order = batches.order(0)
     float(t.train_steps(order, tf.constant(1)))  # trace and warm up
