@@ -254,7 +254,8 @@ class Batches:
         augmentation (crop and flip, then cutout when `cutout` > 0) is keyed by
         the global `step`; with the alternating flip, each image's flip by its epoch.
         """
-        epoch, k = tf.cast(step, tf.int32) // self.steps_per_epoch, tf.cast(step, tf.int32) % self.steps_per_epoch
+        step32 = tf.cast(step, tf.int32)
+        epoch, k = step32 // self.steps_per_epoch, step32 % self.steps_per_epoch
         idx = order[k * self.batch_size:(k + 1) * self.batch_size]  # [B]
         x = tf.gather(self.images, idx)  # uint8 [B, H, W, C]
         if self.augment:
