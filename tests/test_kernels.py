@@ -116,7 +116,7 @@ def test_bfloat16_needs_onednn_at_avx512_or_eigen():
                     "the bfloat16 run that an AVX2 CPU's kernels then refuse")
 def test_on_avx2_kernels_bfloat16_training_is_one_sentence_and_a_bfloat16_run_evaluates_in_float32(tmp_path, data,
                                                                                                    cli):
-    from conftest import TINY, one_error, run_module
+    from conftest import TINY, one_error
 
     assert cli("train", tmp_path, "--data", data, "--run-name", "bf", "--epochs", "1", "--max-steps", "3",
                "--precision", "bfloat16", *TINY)[0] == 0
